@@ -1,0 +1,160 @@
+"""``fedsign`` command line: run (in-process), simulate (flwr run on Ray), validate.
+
+``--run-config`` takes exactly what ``flwr run . --run-config`` takes: space-separated
+``key=value`` pairs with TOML values (quote strings: ``strategy='fedsign'``) or a
+``.toml`` file. Bad input prints one line ``error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fedsign.config import ConfigError, RunConfig
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class CLIError(RuntimeError):
+    """A command-line problem reported as one line."""
+
+
+def load_config(run_config: list[str] | None) -> RunConfig:
+    """Parse, validate and resolve paths against the current directory."""
+    return RunConfig.from_overrides(run_config or []).resolved()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedsign.engine import run_inprocess
+
+    config = load_config(args.run_config)
+    run_inprocess(config, progress=not args.quiet)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.run_config)
+    print(f"ok: {config.strategy} on {config.dataset}, {config.num_clients} clients, "
+          f"{config.num_rounds} rounds -> {config.out_dir}")
+    return 0
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for flwr: project-local FLWR_HOME, no runtime dependency installs."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)  # flwr starts flower-superlink by name
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FEDSIGN_WORKDIR=str(Path.cwd()), FLWR_DISABLE_UPDATE_CHECK="1")
+    return env
+
+
+def superlink_pids(flwr_home: Path) -> list[int]:
+    """PIDs of flower-superlink processes started under ``flwr_home``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path) -> list[int]:
+    """Stop the detached local SuperLink that ``flwr run`` left running."""
+    pids = superlink_pids(flwr_home)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Validate, then ``flwr run`` the app on Ray with num-supernodes = num-clients."""
+    import tomli_w
+
+    config = load_config(args.run_config)
+    if not (PROJECT_DIR / "pyproject.toml").exists():
+        raise CLIError(f"fedsign simulate needs the source checkout (no pyproject.toml in {PROJECT_DIR})")
+    flwr_home = Path(args.flwr_home).resolve() if args.flwr_home else PROJECT_DIR / ".flwr"
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    federation = [f"num-supernodes={config.num_clients}",
+                  f"client-resources-num-cpus={args.client_cpus:g}",
+                  f"client-resources-num-gpus={args.client_gpus:g}"]
+    with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as f:
+        tomli_w.dump(config.to_dict(), f)
+        overrides = f.name
+    command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT_DIR), "--stream", "--run-config", overrides,
+               "--federation-config", " ".join(federation)]
+    print("$ " + shlex.join(command), flush=True)
+    stop_superlink(flwr_home)
+    try:
+        env = flower_env(flwr_home)
+        if args.ray_address:  # ray.init() inside the SuperLink attaches to this cluster
+            env["RAY_ADDRESS"] = args.ray_address
+        status = subprocess.call(command, env=env)
+    finally:
+        stopped = stop_superlink(flwr_home)
+        os.unlink(overrides)
+        if stopped:
+            print(f"stopped local SuperLink (pid {', '.join(map(str, stopped))})", flush=True)
+    metrics = Path(config.out_dir) / "metrics.csv"
+    if status == 0 and not (Path(config.out_dir) / "model.safetensors").exists():
+        raise CLIError(f"flwr run ended but the run wrote no final model; see {flwr_home}/local-superlink/"
+                       f"superlink.log and {metrics}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_run_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-config", "-c", action="append",
+                       help="key=value pairs (TOML values) or a .toml file, as for flwr run")
+
+    p = sub.add_parser("run", help="run in this process (no Ray)")
+    add_run_config(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("simulate", help="run with flwr run on the Ray simulation engine")
+    add_run_config(p)
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor")
+    p.add_argument("--client-gpus", type=float, default=0.0, help="GPUs (fraction) per client actor")
+    p.add_argument("--ray-address", default="", help="attach to an existing Ray cluster (ray start --head)")
+    p.add_argument("--flwr-home", default="", help="FLWR_HOME for the local SuperLink (default .flwr/)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("validate", help="check a run config and exit")
+    add_run_config(p)
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedsign.data import DataSourceError
+    from fedsign.results import OutDirError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataSourceError, OutDirError, CLIError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

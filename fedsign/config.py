@@ -1,0 +1,229 @@
+"""The run configuration: one typed, validated object for every engine.
+
+Keys are Flower's kebab-case run-config keys (``num-clients``); fields are their
+snake_case twins (``num_clients``). Defaults live here and are mirrored in
+``pyproject.toml``'s ``[tool.flwr.app.config]`` (a test keeps the two equal).
+Validation runs before any data loading, Ray start or training, and raises
+:class:`ConfigError` whose message is one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+STRATEGIES = ("fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign")
+ENGINES = ("inprocess",)
+DEVICES = ("auto", "cpu", "cuda")
+PARTITION_STYLES = ("per-class", "per-client")
+PAN_OPS = ("mul", "add")
+SIGN_REDUCTIONS = ("mean", "sum")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every run-config key with its default; see README for each key's meaning."""
+
+    strategy: str = "fedavg"
+    dataset: str = "digits"
+    data_dir: str = ""
+    model: str = "cnn"
+    num_clients: int = 10
+    clients_per_round: int = 10
+    num_rounds: int = 20
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    grad_clip: float = 0.0
+    dirichlet_alpha: float = 0.5
+    partition_style: str = "per-class"
+    min_partition_size: int = 10
+    seed: int = 0
+    eval_every: int = 1
+    out_dir: str = ""
+    device: str = "auto"
+    engine: str = "inprocess"
+    resume: bool = False
+    checkpoint_every: int = 0
+    weighted: bool = True
+    min_replies: int = 1
+    round_timeout: float = 3600.0
+    # FedProx
+    proximal_mu: float = 0.01
+    # MOON
+    moon_mu: float = 5.0
+    moon_temperature: float = 0.5
+    moon_out_dim: int = 256
+    moon_head: bool = True
+    # FedDyn
+    feddyn_alpha: float = 0.01
+    # FedPAN
+    pan_op: str = "mul"
+    pan_amplitude: float = 0.1
+    pan_period: float = 4.0
+    # FedSign (and the composable sign term for any strategy)
+    fedsign_gamma: float = 0.01
+    fedsign_reduction: str = "mean"
+    sign_gamma: float = 0.0
+
+    # ------------------------------------------------------------------ keys
+    @staticmethod
+    def key_of(field_name: str) -> str:
+        return field_name.replace("_", "-")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [cls.key_of(f.name) for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Default values by kebab-case key."""
+        return {cls.key_of(f.name): f.default for f in fields(cls)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Values by kebab-case key (the form Flower's run config uses)."""
+        return {self.key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --------------------------------------------------------------- parsing
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, validate: bool = True) -> "RunConfig":
+        """Build from kebab-case keys (unknown keys and wrong types are errors)."""
+        by_key = {cls.key_of(f.name): f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in by_key:
+                raise ConfigError(
+                    f"unknown run-config key '{key}'; valid keys: {', '.join(sorted(by_key))}"
+                )
+            field = by_key[key]
+            kwargs[field.name] = _coerce(key, value, type(field.default))
+        config = cls(**kwargs)
+        if validate:
+            config.validate()
+        return config
+
+    @classmethod
+    def from_overrides(cls, text: str | list[str] | None, *, validate: bool = True) -> "RunConfig":
+        """Parse ``"key=value ..."`` exactly as ``flwr run --run-config`` does."""
+        from flwr.common.config import parse_config_args
+
+        items = [text] if isinstance(text, str) else text
+        try:
+            overrides = parse_config_args(items)
+        except Exception as err:  # click.ClickException or ValueError from Flower's parser
+            raise ConfigError(
+                "could not parse --run-config: use key=value pairs with TOML values, "
+                "e.g. \"strategy='fedsign' num-rounds=5\""
+            ) from err
+        return cls.from_mapping(overrides, validate=validate)
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> "RunConfig":
+        """Check every value; raise ConfigError naming the key and the fix."""
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("engine", self.engine, ENGINES)
+        _one_of("device", self.device, DEVICES)
+        _one_of("partition-style", self.partition_style, PARTITION_STYLES)
+        _one_of("pan-op", self.pan_op, PAN_OPS)
+        _one_of("fedsign-reduction", self.fedsign_reduction, SIGN_REDUCTIONS)
+        for key in ("num-clients", "clients-per-round", "num-rounds", "local-epochs",
+                    "batch-size", "eval-every", "moon-out-dim", "min-replies"):
+            _positive(key, getattr(self, key.replace("-", "_")))
+        for key in ("lr", "dirichlet-alpha", "moon-temperature", "round-timeout", "pan-period"):
+            _positive(key, getattr(self, key.replace("-", "_")))
+        for key in ("momentum", "weight-decay", "grad-clip", "proximal-mu", "moon-mu",
+                    "feddyn-alpha", "pan-amplitude", "fedsign-gamma", "sign-gamma",
+                    "min-partition-size", "checkpoint-every", "seed"):
+            _non_negative(key, getattr(self, key.replace("-", "_")))
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients-per-round ({self.clients_per_round}) exceeds num-clients "
+                f"({self.num_clients}); lower clients-per-round or raise num-clients"
+            )
+        if self.min_replies > self.clients_per_round:
+            raise ConfigError(
+                f"min-replies ({self.min_replies}) exceeds clients-per-round "
+                f"({self.clients_per_round}); lower min-replies"
+            )
+        if self.strategy == "feddyn" and self.feddyn_alpha <= 0:
+            raise ConfigError("feddyn-alpha must be > 0 for strategy 'feddyn' (the server divides by it)")
+        self._validate_data_and_model()
+        return self
+
+    def _validate_data_and_model(self) -> None:
+        from fedsign.data import DATASETS, DataSourceError, check_data_source
+        from fedsign.models import MODEL_NAMES, check_model_input
+
+        _one_of("dataset", self.dataset, tuple(DATASETS))
+        _one_of("model", self.model, tuple(MODEL_NAMES))
+        spec = DATASETS[self.dataset]
+        try:
+            check_model_input(self.model, spec.channels, spec.image_size)
+        except ValueError as err:
+            raise ConfigError(f"model '{self.model}' cannot take dataset '{self.dataset}': {err}") from None
+        try:
+            check_data_source(self.dataset, self.data_dir or None)
+        except DataSourceError as err:
+            raise ConfigError(f"data-dir: {err}") from None
+
+    # ------------------------------------------------------------------ paths
+    def resolved(self, base: str | os.PathLike | None = None) -> "RunConfig":
+        """Return a copy whose data-dir and out-dir are absolute (relative to ``base``)."""
+        root = Path(base) if base is not None else Path.cwd()
+        data_dir = str((root / self.data_dir).resolve()) if self.data_dir else ""
+        out_dir = self.out_dir or str(Path("runs") / f"{self.run_name()}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return self.replace(data_dir=data_dir, out_dir=str((root / out_dir).resolve()))
+
+    def run_name(self) -> str:
+        """A readable default run name: strategy-dataset-alpha-seed."""
+        return f"{self.strategy}-{self.dataset}-a{self.dirichlet_alpha:g}-s{self.seed}"
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string (quote it: {key}='...'), got {value!r}")
+    return value
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value}")

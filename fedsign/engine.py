@@ -1,0 +1,101 @@
+"""The in-process engine: the same ServerApp loop and ClientApp code, no Ray, no SuperLink.
+
+``InProcessGrid`` implements Flower's ``Grid`` by calling the ClientApp directly for each
+message, with one persistent ``Context`` per node (so per-client state survives between
+rounds exactly as in a simulation). A ClientApp exception becomes an error reply, as
+Flower's simulation engine does.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsign.config import RunConfig
+from fedsign.results import RunResults
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp calls in this process.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The app every node runs.
+    num_nodes : int
+        Nodes get partition ids ``0..num_nodes-1`` and node ids ``1..num_nodes``.
+    run_config : dict
+        The run config each node's context carries (kebab-case keys).
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict) -> None:
+        self.client_app = client_app
+        self._run = Run.create_empty(run_id=1)
+        # Messages take their run and sender from the process's task identity.
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        self.contexts = {
+            pid + 1: Context(
+                run_id=1,
+                node_id=pid + 1,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for pid in range(num_nodes)
+        }
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            self._replies[msg.metadata.message_id] = self._deliver(msg)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, msg: Message) -> Message:
+        context = self.contexts.get(msg.metadata.dst_node_id)
+        if context is None:
+            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="no such node"), reply_to=msg)
+        try:
+            return self.client_app(msg, context)
+        except Exception as err:  # a failing client must not stop the round
+            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
+    """Run ``config`` (validated, paths resolved) in this process."""
+    from fedsign.client_app import app as client_app
+    from fedsign.server import run_server
+
+    grid = InProcessGrid(client_app, config.num_clients, config.to_dict())
+    return run_server(grid, config, progress=progress)

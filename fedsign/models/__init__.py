@@ -1,0 +1,22 @@
+"""FedSign models by name (imports nothing else of the project).
+
+Every model: ``forward(x, return_features=False)`` -> logits or ``(logits, features)``;
+``model.classifier`` is the final ``nn.Linear``; ``model.feature_dim`` its input size;
+optional ``model.projection`` (MOON head); every activation is its own ``nn.ReLU()``.
+"""
+
+from .common import BN_WEIGHT_INITS, FedSignNet, ModelConfigError, initialize
+from .groups import PARAM_GROUPS, parameter_groups
+from .registry import MODEL_NAMES, build_model, check_model_input
+
+__all__ = [
+    "BN_WEIGHT_INITS",
+    "FedSignNet",
+    "MODEL_NAMES",
+    "ModelConfigError",
+    "PARAM_GROUPS",
+    "build_model",
+    "check_model_input",
+    "initialize",
+    "parameter_groups",
+]

@@ -1,0 +1,69 @@
+"""Model registry: ``build_model`` by name and ``check_model_input``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .cnn import SmallCNN, cnn_num_pools
+from .common import ModelConfigError, check_bn_weight_init, initialize
+from .resnet import CifarResNet
+from .vgg import VGG, VGG_CFGS
+
+MODEL_NAMES = ("cnn", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check_model_input(name: str, in_channels: int, image_size: int) -> None:
+    """Raise ``ModelConfigError`` (a ValueError) if model ``name`` cannot take [in_channels, image_size, image_size]."""
+    if name not in MODEL_NAMES:
+        raise ModelConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if not _is_pos_int(in_channels):
+        raise ModelConfigError(f"{name}: in_channels must be a positive int, got {in_channels!r}")
+    if not _is_pos_int(image_size):
+        raise ModelConfigError(f"{name}: image_size must be a positive int, got {image_size!r}")
+    if name.startswith("vgg"):
+        if image_size < 32 or image_size % 32:
+            raise ModelConfigError(
+                f"{name} has 5 max-pools and needs image_size >= 32 and divisible by 32, got {image_size}; "
+                "use cnn or resnet20 for smaller images, or resize to 32"
+            )
+    elif name == "cnn":
+        step = 2 ** cnn_num_pools(image_size)
+        if image_size < 4 or image_size % step:
+            raise ModelConfigError(
+                f"cnn needs image_size >= 4, even below 16 and divisible by 4 from 16 up, got {image_size}"
+            )
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    projection_dim: int | None = None,
+    bn_weight_init: str = "ones",
+) -> nn.Module:
+    """Build and initialize model ``name`` (one of :data:`MODEL_NAMES`).
+
+    ``projection_dim`` adds MOON's head ``projection = Linear(d,d)-ReLU-Linear(d,projection_dim)``
+    before ``classifier = Linear(projection_dim, num_classes)``. ``bn_weight_init`` in
+    {"ones", "uniform", "gaussian"} sets BatchNorm weights (no effect on nets without BN:
+    cnn, vgg8, vgg11, vgg16). All draws use the global torch RNG (seed with ``torch.manual_seed``).
+    """
+    check_model_input(name, in_channels, image_size)
+    if not _is_pos_int(num_classes):
+        raise ModelConfigError(f"{name}: num_classes must be a positive int, got {num_classes!r}")
+    if projection_dim is not None and not _is_pos_int(projection_dim):
+        raise ModelConfigError(f"{name}: projection_dim must be None or a positive int, got {projection_dim!r}")
+    check_bn_weight_init(bn_weight_init)
+    if name == "cnn":
+        model: nn.Module = SmallCNN(num_classes, in_channels, image_size, projection_dim)
+    elif name == "resnet20":
+        model = CifarResNet(3, num_classes, in_channels, projection_dim)
+    else:
+        base, _, bn = name.partition("_")
+        model = VGG(VGG_CFGS[base], num_classes, in_channels, image_size, bn == "bn", projection_dim)
+    return initialize(model, bn_weight_init)

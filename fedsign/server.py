@@ -1,0 +1,118 @@
+"""The server's round loop, shared by the ServerApp (Ray / deployment) and the in-process engine.
+
+Each round: the strategy samples clients and builds messages (``configure_train``),
+the grid delivers them and collects replies, the strategy aggregates
+(``aggregate_train``), the server evaluates the global model on the test split every
+``eval-every`` rounds and writes the round to ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from tqdm import tqdm
+
+from fedsign.config import RunConfig
+from fedsign.data import DATASETS, make_batch_transform, write_partition_report
+from fedsign.results import RunResults
+from fedsign.task import build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data
+from fedsign.training import evaluate, resolve_device
+from strategies import STRATEGY_CLASSES, FedAvg
+
+
+def make_strategy(config: RunConfig) -> FedAvg:
+    """The strategy named by ``config.strategy`` with the run's sampling settings."""
+    cls = STRATEGY_CLASSES[config.strategy]
+    return cls(
+        fraction_train=config.clients_per_round / config.num_clients,
+        min_train_nodes=config.clients_per_round,
+        min_available_nodes=config.num_clients,
+        weighted=config.weighted,
+        seed=config.seed,
+        **cls.options_from_config(config),
+    )
+
+
+def discover_nodes(grid: Grid, config: RunConfig, timeout: float = 600.0) -> list[int]:
+    """Node ids ordered by partition id, asked of every node with one query message."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < config.num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(node_ids)} of num-clients={config.num_clients} nodes connected "
+                               f"within {timeout:.0f}s")
+        time.sleep(1.0)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+    by_partition: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the partition query: "
+                               f"{reply.error.reason}")
+        pid = int(reply.content["info"]["partition-id"])
+        if pid in by_partition:
+            raise RuntimeError(f"two nodes claim partition-id {pid}")
+        by_partition[pid] = reply.metadata.src_node_id
+    expected = set(range(config.num_clients))
+    if set(by_partition) != expected:
+        raise RuntimeError(
+            f"nodes hold partition ids {sorted(by_partition)[:10]}..., expected 0..{config.num_clients - 1}: "
+            f"start exactly num-clients={config.num_clients} nodes (num-supernodes={config.num_clients})"
+        )
+    return [by_partition[p] for p in sorted(by_partition)]
+
+
+def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunResults:
+    """Run every round of ``config`` over ``grid``; return the written results."""
+    device = resolve_device(config.device)
+    results = RunResults.create(config.out_dir, resume=config.resume)
+    results.write_config(config.to_dict())
+
+    spec = DATASETS[config.dataset]
+    labels = dataset(config.dataset, config.data_dir).train_y
+    write_partition_report(results.out_dir, labels, list(run_partitions(config)), spec.num_classes)
+
+    model = build_run_model(config).to(device)
+    x_test, y_test = test_data(config, device)
+    eval_transform = make_batch_transform(spec, train=False)
+    strategy = make_strategy(config)
+    strategy.set_node_order(discover_nodes(grid, config))
+
+    arrays = model_arrays(model)
+    bar = tqdm(range(1, config.num_rounds + 1), desc=config.strategy, unit="round", disable=not progress)
+    for server_round in bar:
+        start = time.perf_counter()
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        usable = len(replies) - len(strategy.last_dropped)
+        row: dict[str, Any] = {
+            "round": server_round,
+            "num_replies": usable,
+            "num_failures": len(strategy.last_dropped) + len(messages) - len(replies),
+        }
+        if new_arrays is not None and usable >= config.min_replies:
+            arrays = new_arrays
+        else:
+            row["skipped"] = 1
+        if train_metrics is not None:
+            row["train_loss"] = train_metrics.get("train_loss")
+        if server_round % config.eval_every == 0 or server_round == config.num_rounds:
+            load_arrays(model, arrays)
+            row["accuracy"], row["loss"] = evaluate(model, x_test, y_test, eval_transform)
+            for name, extra in strategy.evaluation_extras().items():
+                load_arrays(model, extra)
+                row[f"{name}_accuracy"], row[f"{name}_loss"] = evaluate(model, x_test, y_test, eval_transform)
+            load_arrays(model, arrays)
+            bar.set_postfix(acc=f"{row['accuracy']:.4f}", loss=f"{row['loss']:.3f}")
+        row["seconds"] = time.perf_counter() - start
+        results.append_round(row)
+
+    load_arrays(model, arrays)
+    results.save_model(model)
+    results.plot_accuracy()
+    if progress:
+        print(results.summary_table(), flush=True)
+    return results

@@ -1,0 +1,139 @@
+"""The one local-training loop (clients, landscape variants, benchmarks) and evaluation.
+
+A client objective plugs in as a *loss term*: a function
+``term(params, features, x, y) -> scalar tensor`` added to the cross-entropy of the
+batch, where ``params`` is the model's ``{name: parameter}`` dict and ``features``
+the representation the classifier receives. Terms are pure functions of their
+arguments (plus state captured when the term is built), so the same term serves
+a vectorized engine that calls it under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LossTerm = Callable[[dict[str, Tensor], Tensor, Tensor, Tensor], Tensor]
+BatchTransform = Callable[[Tensor, Optional[torch.Generator]], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """SGD settings of one local-training call."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    train_loss: float  # mean total loss over all steps
+    ce_loss: float  # mean cross-entropy over all steps
+    num_examples: int
+    steps: int
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived deterministically from integers (run seed, round, client...)."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA device is visible; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def batch_order(num_examples: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
+    """Index tensors of every step: a fresh permutation per epoch, last batch kept."""
+    batches: list[Tensor] = []
+    for _ in range(epochs):
+        perm = torch.randperm(num_examples, generator=generator)
+        batches.extend(perm.split(batch_size))
+    return batches
+
+
+def train_local(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    transform: BatchTransform,
+    term: LossTerm | None = None,
+) -> TrainStats:
+    """Train ``model`` in place with SGD on ``(images, labels)``.
+
+    ``images`` are uint8 ``[N, C, H, W]`` on the model's device; ``transform`` turns a
+    batch into normalized floats (with augmentation drawn from the seeded generator).
+    ``seed`` fixes the batch order, the augmentation and dropout.
+    """
+    if len(images) == 0:
+        raise ValueError("train_local got an empty dataset")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global generator
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    params = dict(model.named_parameters())
+    device = images.device
+    model.train()
+    total, total_ce, steps = 0.0, 0.0, 0
+    for idx in batch_order(len(images), settings.batch_size, settings.epochs, generator):
+        idx = idx.to(device)
+        x = transform(images[idx], generator)
+        y = labels[idx]
+        logits, features = model(x, return_features=True)
+        ce = F.cross_entropy(logits, y)
+        loss = ce + term(params, features, x, y) if term is not None else ce
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        total += loss.detach()
+        total_ce += ce.detach()
+        steps += 1
+    return TrainStats(
+        train_loss=float(total) / steps,
+        ce_loss=float(total_ce) / steps,
+        num_examples=len(images),
+        steps=steps,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    transform: BatchTransform,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(images), batch_size):
+        x = transform(images[start:start + batch_size], None)
+        y = labels[start:start + batch_size]
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / len(images), loss_sum / len(images)

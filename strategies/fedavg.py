@@ -1,0 +1,154 @@
+"""FedAvg (McMahan et al., 2017) on Flower's Message API, with seeded client sampling.
+
+Flower's ``FedAvg`` samples nodes with the unseeded ``random`` module and always
+weights by ``num-examples``. This subclass keeps Flower's aggregation (the same
+function, so identical results for the same replies) and adds:
+
+- seeded sampling over a stable node order (by partition id, see ``set_node_order``);
+- ``weighted=False`` for the unweighted mean the authors' FedRepo code uses;
+- reply screening: error replies and replies whose arrays are non-finite or do not
+  match the keys and shapes that were sent are dropped and counted, never averaged.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore import log
+
+
+class FedAvg(FlowerFedAvg):
+    """Federated Averaging with seeded sampling and reply screening.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Flower ``FedAvg``'s constructor arguments (``fraction_train``,
+        ``min_train_nodes``, ``weighted_by_key``, ...).
+    weighted : bool (default: True)
+        Weight each reply by ``weighted_by_key`` (``num-examples``); False gives the
+        plain mean over the round's participants.
+    seed : int (default: 0)
+        Seed of the client-sampling generator.
+    """
+
+    def __init__(self, *args: Any, weighted: bool = True, seed: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("fraction_evaluate", 0.0)
+        super().__init__(*args, **kwargs)
+        self.weighted = weighted
+        self.rng = random.Random(seed)
+        self.node_order: list[int] | None = None
+        self.sent_arrays: ArrayRecord | None = None
+        self.last_dropped: list[str] = []
+
+    @classmethod
+    def options_from_config(cls, config: Any) -> dict[str, Any]:
+        """Constructor arguments of this strategy taken from a run config (none for FedAvg)."""
+        return {}
+
+    def evaluation_extras(self) -> dict[str, ArrayRecord]:
+        """Further models of the last round the server should evaluate, by name (none here)."""
+        return {}
+
+    # ---------------------------------------------------------------- sampling
+    def set_node_order(self, node_ids: list[int]) -> None:
+        """Fix the order nodes are sampled from (the server sorts them by partition id)."""
+        self.node_order = list(node_ids)
+
+    def sample_train_nodes(self, grid: Grid) -> list[int]:
+        """Seeded sample of ``max(fraction_train * N, min_train_nodes)`` nodes."""
+        available = set(grid.get_node_ids())
+        order = [n for n in (self.node_order or sorted(available)) if n in available]
+        sample_size = max(int(len(order) * self.fraction_train), self.min_train_nodes)
+        if sample_size > len(order):
+            raise RuntimeError(
+                f"need {sample_size} nodes to sample from but only {len(order)} are connected"
+            )
+        return self.rng.sample(order, sample_size)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global arrays and config to a seeded sample of nodes."""
+        if self.fraction_train == 0.0:
+            return []
+        node_ids = self.sample_train_nodes(grid)
+        log(INFO, "configure_train: sampled %s nodes", len(node_ids))
+        config["server-round"] = server_round
+        self.sent_arrays = arrays
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    # ------------------------------------------------------------- aggregation
+    def screen_replies(self, replies: Iterable[Message]) -> list[RecordDict]:
+        """Contents of the usable replies; reasons for the others go to ``last_dropped``."""
+        self.last_dropped = []
+        usable: list[RecordDict] = []
+        for msg in replies:
+            reason = self._reply_problem(msg)
+            if reason is None:
+                usable.append(msg.content)
+            else:
+                self.last_dropped.append(reason)
+                log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason)
+        return usable
+
+    def _reply_problem(self, msg: Message) -> str | None:
+        if msg.has_error():
+            return f"client error: {msg.error.reason}"
+        content = msg.content
+        if self.arrayrecord_key not in content.array_records:
+            return f"no ArrayRecord '{self.arrayrecord_key}'"
+        metric_records = list(content.metric_records.values())
+        if not metric_records or self.weighted_by_key not in metric_records[0]:
+            return f"no '{self.weighted_by_key}' metric"
+        weight = metric_records[0][self.weighted_by_key]
+        if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
+            return f"bad '{self.weighted_by_key}' value {weight!r}"
+        arrays = content.array_records[self.arrayrecord_key]
+        if self.sent_arrays is not None:
+            if list(arrays.keys()) != list(self.sent_arrays.keys()):
+                return "array keys differ from the global model's"
+            for key, sent in self.sent_arrays.items():
+                if tuple(arrays[key].shape) != tuple(sent.shape):
+                    return f"array '{key}' has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
+        for key, array in arrays.items():
+            if not np.isfinite(array.numpy()).all():
+                return f"array '{key}' has non-finite values"
+        return None
+
+    def aggregate_arrays(self, contents: list[RecordDict]) -> ArrayRecord:
+        """Weighted (Flower's own function) or plain mean of the replies' arrays."""
+        if self.weighted:
+            return aggregate_arrayrecords(contents, self.weighted_by_key)
+        keys = list(contents[0].array_records[self.arrayrecord_key].keys())
+        mean = {
+            key: np.mean([c.array_records[self.arrayrecord_key][key].numpy() for c in contents], axis=0)
+            for key in keys
+        }
+        return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in mean.items()})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the usable replies; None when none is usable."""
+        contents = self.screen_replies(replies)
+        if not contents:
+            return None, None
+        return self.aggregate_arrays(contents), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state a checkpoint must keep (sampling RNG)."""
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
