@@ -39,7 +39,7 @@ class RunConfig:
     num_clients: int = 10
     clients_per_round: int = 10
     num_rounds: int = 20
-    local_epochs: int = 1
+    local_epochs: int = 5
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
@@ -183,9 +183,17 @@ class RunConfig:
 
     # ------------------------------------------------------------------ paths
     def resolved(self, base: str | os.PathLike | None = None) -> "RunConfig":
-        """Return a copy whose data-dir and out-dir are absolute (relative to ``base``)."""
+        """Return a copy whose data-dir and out-dir are absolute (relative to ``base``).
+
+        An empty data-dir becomes the dataset's default location; an empty out-dir
+        becomes ``runs/<run-name>-<timestamp>``."""
         root = Path(base) if base is not None else Path.cwd()
         data_dir = str((root / self.data_dir).resolve()) if self.data_dir else ""
+        if not data_dir:  # the dataset's default location, made absolute for every process
+            from fedsign.data import check_data_source
+
+            located = check_data_source(self.dataset, None)
+            data_dir = str(located) if located is not None else ""
         out_dir = self.out_dir or str(Path("runs") / f"{self.run_name()}-{time.strftime('%Y%m%d-%H%M%S')}")
         return self.replace(data_dir=data_dir, out_dir=str((root / out_dir).resolve()))
 

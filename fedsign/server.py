@@ -12,12 +12,14 @@ import time
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform, write_partition_report
+from fedsign.landscape.signs import sign_consistency
+from fedsign.models import parameter_groups
 from fedsign.results import RunResults
 from fedsign.task import build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data
 from fedsign.training import evaluate, resolve_device
@@ -64,6 +66,29 @@ def discover_nodes(grid: Grid, config: RunConfig, timeout: float = 600.0) -> lis
     return [by_partition[p] for p in sorted(by_partition)]
 
 
+def sign_tracking(
+    previous: ArrayRecord, new: ArrayRecord, client_arrays: list[ArrayRecord], groups: dict[str, str]
+) -> dict[str, float]:
+    """SSR of the new global model against the previous one (``ssr_global*``) and the mean SSR
+    of each participant's model against the global model it received (``ssr_clients*``),
+    overall and per parameter group, over trainable parameters."""
+
+    def tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(arrays[k].numpy()) for k in groups if k in arrays}
+
+    sent = tensors(previous)
+    row = {_ssr_key("ssr_global", g): v for g, v in sign_consistency(sent, tensors(new), groups).items()}
+    if client_arrays:
+        per_client = [sign_consistency(sent, tensors(a), groups) for a in client_arrays]
+        for g in per_client[0]:
+            row[_ssr_key("ssr_clients", g)] = sum(c[g] for c in per_client) / len(per_client)
+    return row
+
+
+def _ssr_key(prefix: str, group: str) -> str:
+    return prefix if group == "all" else f"{prefix}_{group}"
+
+
 def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunResults:
     """Run every round of ``config`` over ``grid``; return the written results."""
     device = resolve_device(config.device)
@@ -80,6 +105,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     strategy = make_strategy(config)
     strategy.set_node_order(discover_nodes(grid, config))
 
+    groups = parameter_groups(model)
     arrays = model_arrays(model)
     bar = tqdm(range(1, config.num_rounds + 1), desc=config.strategy, unit="round", disable=not progress)
     for server_round in bar:
@@ -94,6 +120,8 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             "num_failures": len(strategy.last_dropped) + len(messages) - len(replies),
         }
         if new_arrays is not None and usable >= config.min_replies:
+            client_arrays = [c.array_records[strategy.arrayrecord_key] for c in strategy.last_usable]
+            row.update(sign_tracking(arrays, new_arrays, client_arrays, groups))
             arrays = new_arrays
         else:
             row["skipped"] = 1

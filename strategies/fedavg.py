@@ -48,6 +48,7 @@ class FedAvg(FlowerFedAvg):
         self.node_order: list[int] | None = None
         self.sent_arrays: ArrayRecord | None = None
         self.last_dropped: list[str] = []
+        self.last_usable: list[RecordDict] = []
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
@@ -89,7 +90,8 @@ class FedAvg(FlowerFedAvg):
 
     # ------------------------------------------------------------- aggregation
     def screen_replies(self, replies: Iterable[Message]) -> list[RecordDict]:
-        """Contents of the usable replies; reasons for the others go to ``last_dropped``."""
+        """Contents of the usable replies (also kept in ``last_usable``); reasons for the
+        others go to ``last_dropped``."""
         self.last_dropped = []
         usable: list[RecordDict] = []
         for msg in replies:
@@ -99,6 +101,7 @@ class FedAvg(FlowerFedAvg):
             else:
                 self.last_dropped.append(reason)
                 log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason)
+        self.last_usable = usable
         return usable
 
     def _reply_problem(self, msg: Message) -> str | None:

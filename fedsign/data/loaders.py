@@ -1,6 +1,6 @@
 """Dataset loaders: find a source (cheap), decode it once into uint8 [N,C,H,W] + int64 labels, cache it.
 
-Accepted sources (``data_dir``; relative default dirs are taken from the project root):
+Accepted sources (``data_dir``; a relative default dir is taken from the project root, else the cwd):
   digits   scikit-learn's bundled copy; no data_dir. Fixed stratified split: 1,437 train / 360 test
            (train_test_split(test_size=0.2, stratify=y, random_state=0)); pixels 0..16 -> x*255//16.
   mnist,   the four idx files (``.gz`` or uncompressed), in data_dir itself or in
@@ -79,7 +79,9 @@ def _locate(spec: DatasetSpec, data_dir) -> _Source:
     if data_dir in (None, ""):
         if spec.default_data_dir is None:
             raise _fail(spec, None, "")
-        root = (PROJECT_ROOT / Path(spec.default_data_dir).expanduser()).resolve()
+        default = Path(spec.default_data_dir).expanduser()
+        tries = [(base / default).resolve() for base in (PROJECT_ROOT, Path.cwd())]  # same if absolute
+        root = next((t for t in tries if t.exists()), tries[0])
     else:
         root = Path(data_dir).expanduser().resolve()
     if not root.exists():

@@ -14,7 +14,7 @@ class DatasetSpec:
 
     mean/std are per-channel in the 0..1 pixel scale. ``augment``: random 32x32 crop (zero padding 4) at
     training time; ``hflip``: also random horizontal flips (off for SVHN, whose digits are not mirror symmetric).
-    ``default_data_dir``: used when no data dir is given; a relative path is taken from the project root.
+    ``default_data_dir``: used when no data dir is given; relative: from the project root, else the cwd.
     """
 
     name: str
