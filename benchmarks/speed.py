@@ -1,0 +1,175 @@
+"""Per-round wall time of the engines against the raw compute of the same local steps.
+
+For each client count it runs the same config three ways and prints one table:
+
+- ``raw``: the same clients' ``train_local`` calls in a plain loop (one model object, no
+  Flower messages, no array conversions, no evaluation) — the compute floor;
+- ``inprocess``: ``fedsign run`` (Flower Messages through the in-process Grid);
+- ``ray``: ``fedsign simulate`` (``flwr run`` on the Ray simulation engine).
+
+Overhead per round = engine round seconds (server-side, from metrics.csv, evaluation
+excluded by eval-every > rounds except the last) − raw seconds per round. Peak RSS is
+that of this process for raw/inprocess and the sampled sum over the Flower and Ray
+processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md``.
+
+    python benchmarks/speed.py                      # 10 and 100 clients, 3 rounds each
+    python benchmarks/speed.py --clients 10 --rounds 5 --skip-ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedsign.config import RunConfig  # noqa: E402
+from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
+from fedsign.engine import run_inprocess  # noqa: E402
+from fedsign.results import read_metrics  # noqa: E402
+from fedsign.task import build_run_model, client_data, load_arrays, model_arrays  # noqa: E402
+from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def base_overrides(num_clients: int, rounds: int, extra: str) -> str:
+    return (f"strategy='fedavg' dataset='digits' num-clients={num_clients} clients-per-round={num_clients} "
+            f"num-rounds={rounds} local-epochs=1 partition-style='per-client' min-partition-size=5 "
+            f"eval-every={rounds} seed=0 {extra}")
+
+
+def raw_round_seconds(config: RunConfig) -> float:
+    """Median seconds per round (first round excluded) of the clients' local steps in a plain loop."""
+    device = resolve_device(config.device)
+    model = build_run_model(config).to(device)
+    start_arrays = model_arrays(model)
+    transform = make_batch_transform(DATASETS[config.dataset], train=True)
+    settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
+                             config.weight_decay, config.grad_clip)
+    data = [client_data(config, pid, device) for pid in range(config.num_clients)]
+    times = []
+    for server_round in range(1, config.num_rounds + 1):
+        start = time.perf_counter()
+        for pid, (x, y) in enumerate(data):
+            load_arrays(model, start_arrays)
+            train_local(model, x, y, settings, seed=derive_seed(config.seed, server_round, pid), transform=transform)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:] or times)
+
+
+def engine_round_seconds(out_dir: Path) -> float:
+    """Median server-side seconds of the rounds after the first, without the evaluated last round."""
+    rows = read_metrics(out_dir)
+    seconds = [r["seconds"] for r in rows if r.get("accuracy") is None][1:] or [rows[-1]["seconds"]]
+    return statistics.median(seconds)
+
+
+def flower_rss_mb() -> float:
+    """Sum of the resident memory of Ray and Flower processes, in MB."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if not any(tag in cmdline for tag in (b"ray", b"flower", b"flwr")):
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def run_ray(overrides: str, out_dir: Path) -> tuple[float, float, float]:
+    """(median round seconds, total wall seconds, peak sampled RSS MB) of one `fedsign simulate`."""
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], flower_rss_mb())
+            done.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fedsign.cli", "simulate", "--run-config",
+                           f"{overrides} out-dir='{out_dir}'"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"fedsign simulate failed:\n{proc.stderr[-3000:]}")
+    return engine_round_seconds(out_dir), wall, peak[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
+    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "speed"))
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.clients:
+            overrides = base_overrides(n, args.rounds, args.extra)
+            config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/in{n}'").resolved()
+            raw = raw_round_seconds(config)
+            rows.append({"clients": n, "engine": "raw", "round_s": raw, "overhead_s": 0.0,
+                         "clients_per_s": n / raw, "wall_s": None,
+                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            start = time.perf_counter()
+            run_inprocess(config, progress=False)
+            inproc = engine_round_seconds(Path(config.out_dir))
+            rows.append({"clients": n, "engine": "inprocess", "round_s": inproc, "overhead_s": inproc - raw,
+                         "clients_per_s": n / inproc, "wall_s": time.perf_counter() - start,
+                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            if not args.skip_ray:
+                ray, wall, rss = run_ray(overrides, Path(tmp) / f"ray{n}")
+                rows.append({"clients": n, "engine": "ray", "round_s": ray, "overhead_s": ray - raw,
+                             "clients_per_s": n / ray, "wall_s": wall, "peak_rss_mb": rss})
+            for row in rows[-3:]:
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = "| clients | engine | s/round | overhead s/round | clients/s | wall s | peak RSS MB |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = f"{r['wall_s']:.1f}" if r["wall_s"] is not None else ""
+        lines.append(f"| {r['clients']} | {r['engine']} | {r['round_s']:.3f} | {r['overhead_s']:.3f} | "
+                     f"{r['clients_per_s']:.1f} | {wall} | {r['peak_rss_mb']:.0f} |")
+    table = "\n".join(lines)
+    device = resolve_device(RunConfig.from_overrides(args.extra).device if args.extra else "auto")
+    note = (f"\n\nMachine: {os.cpu_count()} CPUs, device {device}, torch {torch.__version__}; "
+            f"digits, cnn, local-epochs=1, batch 32, all clients every round, {args.rounds} rounds.\n")
+    out.with_suffix(".md").write_text(table + note)
+    print(table + note)
+
+
+if __name__ == "__main__":
+    main()

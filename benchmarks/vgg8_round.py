@@ -1,0 +1,88 @@
+"""One paper-sized VGG8 round: sequential local training against the vectorized engine.
+
+10 clients x 5 epochs x 500 CIFAR-10 samples, batch 64, SGD lr 0.03 momentum 0.9
+weight decay 1e-5 (the paper's local setting), augmentation on. ``sequential`` calls
+:func:`fedsign.training.train_local` once per client (a plain PyTorch loop);
+``vectorized`` trains all clients at once with :func:`fedsign.vectorized.train_clients`.
+Reference on one H200: the plain sequential loop takes 1.40 s per round, the same
+steps vmapped over the 10 clients 0.51 s.
+
+    python benchmarks/vgg8_round.py --data-dir ../shared/data/cifar10-jpeg.tar.gz --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedsign.data import DATASETS, load_dataset, make_batch_transform  # noqa: E402
+from fedsign.models import build_model  # noqa: E402
+from fedsign.training import TrainSettings, resolve_device, train_local  # noqa: E402
+from fedsign.vectorized import ClientJob, train_clients  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="vgg8")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    data = load_dataset("cifar10", args.data_dir)
+    spec = DATASETS["cifar10"]
+    transform = make_batch_transform(spec, train=True)
+    x = torch.as_tensor(data.train_x).to(device)
+    y = torch.as_tensor(data.train_y).long().to(device)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.clients * args.samples]
+    jobs = [ClientJob(x[perm[c::args.clients]], y[perm[c::args.clients]], seed=c) for c in range(args.clients)]
+    settings = TrainSettings(args.epochs, 64, 0.03, 0.9, 1e-5)
+    torch.manual_seed(0)
+    model = build_model(args.model, 10, 3, 32).to(device)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+
+    def sequential() -> None:
+        for job in jobs:
+            model.load_state_dict(start)
+            train_local(model, job.images, job.labels, settings, seed=job.seed, transform=transform)
+
+    def vectorized() -> None:
+        train_clients(model, params, buffers, jobs, settings, transform)
+
+    results = {}
+    for name, fn in (("sequential", sequential), ("vectorized", vectorized)):
+        fn()  # warm-up (cuDNN autotuning, allocator)
+        times = []
+        for _ in range(args.repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        results[name] = statistics.median(times)
+        print(f"{name:<11} {results[name]:.3f} s/round  (runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"speed-up {results['sequential'] / results['vectorized']:.2f}x on {gpu}; {args.model}, "
+          f"{args.clients} clients x {args.epochs} epochs x {args.samples} samples, batch 64")
+
+
+if __name__ == "__main__":
+    main()
