@@ -2,9 +2,15 @@
 
 from clients.base import ClientAlgorithm, ClientState
 from clients.fedavg import FedAvgClient
+from clients.feddyn import FedDynClient
+from clients.fedpan import FedPANClient
+from clients.fedprox import FedProxClient
+from clients.fedsign import FedSignClient, WithSignTerm
+from clients.moon import MOONClient
+from fedsign.config import RunConfig
 
 CLIENT_ALGORITHMS: dict[str, type[ClientAlgorithm]] = {
-    FedAvgClient.name: FedAvgClient,
+    cls.name: cls for cls in (FedAvgClient, FedProxClient, MOONClient, FedDynClient, FedPANClient, FedSignClient)
 }
 
 
@@ -16,4 +22,26 @@ def get_client_algorithm(name: str) -> ClientAlgorithm:
         raise ValueError(f"unknown client algorithm '{name}'; known: {', '.join(CLIENT_ALGORITHMS)}") from None
 
 
-__all__ = ["CLIENT_ALGORITHMS", "ClientAlgorithm", "ClientState", "FedAvgClient", "get_client_algorithm"]
+def make_client_algorithm(config: RunConfig) -> ClientAlgorithm:
+    """The run's client algorithm: ``strategy``'s, plus the FedSign term (weight
+    ``sign-gamma``, reduction ``fedsign-reduction``) when ``sign-gamma`` > 0."""
+    algorithm = get_client_algorithm(config.strategy)
+    if config.sign_gamma > 0:
+        algorithm = WithSignTerm(algorithm, config.sign_gamma, config.fedsign_reduction)
+    return algorithm
+
+
+__all__ = [
+    "CLIENT_ALGORITHMS",
+    "ClientAlgorithm",
+    "ClientState",
+    "FedAvgClient",
+    "FedDynClient",
+    "FedPANClient",
+    "FedProxClient",
+    "FedSignClient",
+    "MOONClient",
+    "WithSignTerm",
+    "get_client_algorithm",
+    "make_client_algorithm",
+]

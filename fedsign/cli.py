@@ -86,6 +86,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import tomli_w
 
     config = load_config(args.run_config)
+    from fedsign.faults import refuse_crash_faults
+
+    refuse_crash_faults(config, "Ray's actor pool")
     if not (PROJECT_DIR / "pyproject.toml").exists():
         raise CLIError(f"fedsign simulate needs the source checkout (no pyproject.toml in {PROJECT_DIR})")
     flwr_home = Path(args.flwr_home).resolve() if args.flwr_home else PROJECT_DIR / ".flwr"
@@ -141,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a run config and exit")
     add_run_config(p)
     p.set_defaults(func=cmd_validate)
+
+    from fedsign.federation import add_federation_parser
+
+    add_federation_parser(sub)
+
+    from fedsign.landscape.cli import add_landscape_parser
+
+    add_landscape_parser(sub)
     return parser
 
 

@@ -2,17 +2,26 @@
 
 The node's ``partition-id`` (node config) selects its Dirichlet partition; every other
 setting comes from the run config, the same on all nodes. Per-client algorithm state
-(MOON's previous model, FedDyn's g_k) lives in ``context.state`` between rounds.
+(MOON's previous model, FedDyn's g_k) lives in ``context.state`` between rounds, or, when
+the node config sets ``state-dir``, on the node's disk, where it survives a SuperNode
+restart (Flower keeps ``context.state`` in the SuperNode's memory only). A node config
+``data-dir`` replaces the run's data-dir on that node.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+from pathlib import Path
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import ClientState, get_client_algorithm
+from clients import ClientState, make_client_algorithm
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
+from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.task import build_run_model, client_data, load_arrays, model_arrays
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local
 
@@ -22,8 +31,11 @@ app = ClientApp()
 
 
 def run_config(context: Context) -> RunConfig:
-    """The run config as sent by the server (already validated there)."""
-    return RunConfig.from_mapping(context.run_config, validate=False)
+    """The run config as sent by the server (already validated there), with this node's
+    ``data-dir`` if its node config sets one."""
+    config = RunConfig.from_mapping(context.run_config, validate=False)
+    data_dir = context.node_config.get("data-dir")
+    return config.replace(data_dir=str(data_dir)) if data_dir else config
 
 
 def partition_id(context: Context) -> int:
@@ -34,14 +46,56 @@ def partition_id(context: Context) -> int:
                          "--node-config \"partition-id=K num-partitions=N\"") from None
 
 
-def load_state(context: Context) -> ClientState:
-    return {key[len(STATE_PREFIX):]: record.to_torch_state_dict()
-            for key, record in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
+def state_file(context: Context, state_key: str) -> Path | None:
+    """``<state-dir>/<state_key>/partition-<id>.safetensors`` if the node config sets
+    ``state-dir``; ``state_key`` (sent by the server, kept in its checkpoints) names the run."""
+    state_dir = context.node_config.get("state-dir")
+    if not state_dir:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", state_key):
+        raise ValueError(f"state key {state_key!r} is not a plain name")
+    return Path(str(state_dir)) / state_key / f"partition-{partition_id(context)}.safetensors"
 
 
-def save_state(context: Context, state: ClientState) -> None:
-    for name, tensors in state.items():
-        context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
+def load_state(context: Context, state_key: str = "") -> ClientState:
+    """This client's state: from its ``state_file`` when there is one, else ``context.state``."""
+    path = state_file(context, state_key or f"run-{context.run_id}")
+    if path is None:
+        return {key[len(STATE_PREFIX):]: record.to_torch_state_dict()
+                for key, record in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
+    if not path.exists():
+        return {}
+    from safetensors.torch import load_file
+
+    state: ClientState = {}
+    for key, tensor in load_file(str(path)).items():
+        name, param = key.split("/", 1)
+        state.setdefault(name, {})[param] = tensor
+    return state
+
+
+def save_state(context: Context, state: ClientState, state_key: str = "") -> None:
+    """Keep ``state`` where ``load_state`` finds it (the file is replaced atomically)."""
+    path = state_file(context, state_key or f"run-{context.run_id}")
+    if path is None:
+        for name, tensors in state.items():
+            context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
+        return
+    if not state:
+        return
+    from safetensors.torch import save_file
+
+    flat = {f"{name}/{param}": v.detach().cpu().contiguous() for name, tensors in state.items()
+            for param, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(flat, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def train_settings(config: RunConfig) -> TrainSettings:
@@ -63,13 +117,17 @@ def train(msg: Message, context: Context) -> Message:
     config = run_config(context)
     pid = partition_id(context)
     server_round = int(msg.content["config"]["server-round"])
+    state_key = str(msg.content["config"].get("state-key", ""))
+    fault = fault_for(config.fail_partitions, config.num_clients, pid, server_round)
+    if fault:
+        fail_before_training(fault, config.round_timeout)
     device = resolve_device(config.device)
-    algorithm = get_client_algorithm(config.strategy)
+    algorithm = make_client_algorithm(config)
 
     model = build_run_model(config, algorithm).to(device)
     load_arrays(model, msg.content["arrays"])
     global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    state = load_state(context)
+    state = load_state(context, state_key)
     term = algorithm.make_term(model, global_params, state, config)
 
     images, labels = client_data(config, pid, device)
@@ -80,7 +138,10 @@ def train(msg: Message, context: Context) -> Message:
         term=term,
     )
     extra = algorithm.finish(model, global_params, state, config)
-    save_state(context, state)
+    save_state(context, state, state_key)
     metrics = MetricRecord({"num-examples": stats.num_examples, "train_loss": stats.train_loss,
                             "ce_loss": stats.ce_loss, **extra})
-    return Message(RecordDict({"arrays": model_arrays(model), "metrics": metrics}), reply_to=msg)
+    arrays = model_arrays(model)
+    if fault:
+        arrays = corrupt_reply(fault, arrays)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

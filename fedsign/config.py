@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +23,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PARTITION_STYLES = ("per-class", "per-client")
 PAN_OPS = ("mul", "add")
 SIGN_REDUCTIONS = ("mean", "sum")
+
+
+# The key=value pattern of Flower's ``parse_config_args``.
+_KEY_VALUE = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 
 
 class ConfigError(ValueError):
@@ -58,6 +63,7 @@ class RunConfig:
     weighted: bool = True
     min_replies: int = 1
     round_timeout: float = 3600.0
+    fail_partitions: str = ""  # failure injection for reliability tests, see fedsign.faults
     # FedProx
     proximal_mu: float = 0.01
     # MOON
@@ -121,12 +127,19 @@ class RunConfig:
         from flwr.common.config import parse_config_args
 
         items = [text] if isinstance(text, str) else text
+        for item in items or []:
+            if item.endswith(".toml") and not Path(item).expanduser().is_file():
+                raise ConfigError(f"run-config file {item} does not exist")
+            stray = _KEY_VALUE.sub(" ", item).split() if not item.endswith(".toml") else []
+            if stray:  # Flower's parser silently skips what is not key=value
+                raise ConfigError(f"could not parse --run-config near '{stray[0]}': use key=value pairs with "
+                                  "TOML values, e.g. \"strategy='fedsign' num-rounds=5\"")
         try:
             overrides = parse_config_args(items)
-        except Exception as err:  # click.ClickException or ValueError from Flower's parser
+        except Exception as err:  # click.ClickException, ValueError or TOMLDecodeError from Flower's parser
             raise ConfigError(
                 "could not parse --run-config: use key=value pairs with TOML values, "
-                "e.g. \"strategy='fedsign' num-rounds=5\""
+                "e.g. \"strategy='fedsign' num-rounds=5\", or a valid .toml file"
             ) from err
         return cls.from_mapping(overrides, validate=validate)
 
@@ -160,6 +173,16 @@ class RunConfig:
                 f"min-replies ({self.min_replies}) exceeds clients-per-round "
                 f"({self.clients_per_round}); lower min-replies"
             )
+        if self.strategy == "fedsign" and self.sign_gamma > 0:
+            raise ConfigError("sign-gamma adds the FedSign term to other strategies; "
+                              "for strategy 'fedsign' set fedsign-gamma and leave sign-gamma at 0")
+        if self.fail_partitions:
+            from fedsign.faults import parse_fail_partitions
+
+            try:
+                parse_fail_partitions(self.fail_partitions, self.num_clients)
+            except ValueError as err:
+                raise ConfigError(f"fail-partitions: {err}") from None
         if self.strategy == "feddyn" and self.feddyn_alpha <= 0:
             raise ConfigError("feddyn-alpha must be > 0 for strategy 'feddyn' (the server divides by it)")
         self._validate_data_and_model()

@@ -3,11 +3,14 @@
 ``InProcessGrid`` implements Flower's ``Grid`` by calling the ClientApp directly for each
 message, with one persistent ``Context`` per node (so per-client state survives between
 rounds exactly as in a simulation). A ClientApp exception becomes an error reply, as
-Flower's simulation engine does.
+Flower's simulation engine does. Nodes run one after another, so ``send_and_receive``'s
+timeout (``round-timeout``) bounds each node's call: a node still busy after it sends no
+reply this round.
 """
 
 from __future__ import annotations
 
+import threading
 import traceback
 from collections.abc import Iterable
 from uuid import uuid4
@@ -20,6 +23,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsign.config import RunConfig
+from fedsign.faults import refuse_crash_faults
 from fedsign.results import RunResults
 
 
@@ -52,6 +56,8 @@ class InProcessGrid(Grid):
             for pid in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
+        self._busy: dict[int, threading.Thread] = {}
+        self._timeout: float | None = None
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -71,7 +77,7 @@ class InProcessGrid(Grid):
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[msg.metadata.message_id] = self._deliver(msg)
+            self._deliver(msg)
             ids.append(msg.metadata.message_id)
         return ids
 
@@ -79,17 +85,48 @@ class InProcessGrid(Grid):
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-    def _deliver(self, msg: Message) -> Message:
-        context = self.contexts.get(msg.metadata.dst_node_id)
-        if context is None:
-            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="no such node"), reply_to=msg)
+        self._timeout = timeout
         try:
-            return self.client_app(msg, context)
+            return self.pull_messages(self.push_messages(messages))
+        finally:
+            self._timeout = None
+
+    def _deliver(self, msg: Message) -> None:
+        """Run the node's ClientApp on ``msg`` in a thread; keep its reply if it ends in time."""
+        node_id, message_id = msg.metadata.dst_node_id, msg.metadata.message_id
+        context = self.contexts.get(node_id)
+        if context is None:
+            self._replies[message_id] = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="no such node"),
+                                                reply_to=msg)
+            return
+        previous = self._busy.get(node_id)
+        if previous is not None:  # a node handles one message at a time
+            previous.join(self._timeout)
+            if previous.is_alive():
+                return
+        reply: list[Message] = []
+        thread = threading.Thread(target=self._call, args=(msg, context, reply), daemon=True)
+        self._busy[node_id] = thread
+        thread.start()
+        thread.join(self._timeout)
+        if reply:  # else the node is still busy (its reply will be dropped) or died
+            self._replies[message_id] = reply[0]
+
+    def _call(self, msg: Message, context: Context, reply: list[Message]) -> None:
+        try:
+            reply.append(self.client_app(msg, context))
         except Exception as err:  # a failing client must not stop the round
             reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+            reply.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg))
+
+    def client_states(self) -> dict[int, RecordDict]:
+        """Every node's ``context.state`` by partition id (checkpoints keep them)."""
+        return {int(c.node_config["partition-id"]): c.state for c in self.contexts.values()}
+
+    def load_client_states(self, states: dict[int, RecordDict]) -> None:
+        """Restore what ``client_states`` returned."""
+        for context in self.contexts.values():
+            context.state = states.get(int(context.node_config["partition-id"]), RecordDict())
 
 
 def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
@@ -97,5 +134,6 @@ def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
     from fedsign.client_app import app as client_app
     from fedsign.server import run_server
 
+    refuse_crash_faults(config, "the in-process engine")
     grid = InProcessGrid(client_app, config.num_clients, config.to_dict())
     return run_server(grid, config, progress=progress)

@@ -47,6 +47,13 @@ class RunResults:
     @classmethod
     def create(cls, out_dir: str | os.PathLike, resume: bool = False) -> "RunResults":
         """Open ``out_dir`` for a new run; a non-empty one is refused unless resuming."""
+        path = cls.check_out_dir(out_dir, resume)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @staticmethod
+    def check_out_dir(out_dir: str | os.PathLike, resume: bool = False) -> Path:
+        """``out_dir`` as a Path if a run may write there; OutDirError otherwise."""
         path = Path(out_dir)
         if path.exists() and not path.is_dir():
             raise OutDirError(f"out-dir {path} is a file; choose a directory")
@@ -54,8 +61,7 @@ class RunResults:
             raise OutDirError(
                 f"out-dir {path} is not empty; pick a new out-dir or pass resume=true to continue it"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        return path
 
     # ------------------------------------------------------------------ files
     @property
@@ -67,7 +73,11 @@ class RunResults:
 
     def append_round(self, row: dict[str, Any]) -> None:
         """Add one round's metrics and rewrite metrics.csv."""
-        self.rows.append(dict(row))
+        self.set_rows([*self.rows, row])
+
+    def set_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace every round's metrics (a resumed run's rows so far) and rewrite metrics.csv."""
+        self.rows = [dict(r) for r in rows]
         columns = list(METRIC_COLUMNS)
         for r in self.rows:
             columns.extend(k for k in r if k not in columns)

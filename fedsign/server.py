@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from uuid import uuid4
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
+from fedsign.checkpoint import Checkpoint, resume_point, save_checkpoint
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform, write_partition_report
 from fedsign.landscape.signs import sign_consistency
@@ -35,6 +37,7 @@ def make_strategy(config: RunConfig) -> FedAvg:
         min_available_nodes=config.num_clients,
         weighted=config.weighted,
         seed=config.seed,
+        min_replies=config.min_replies,
         **cls.options_from_config(config),
     )
 
@@ -92,11 +95,11 @@ def _ssr_key(prefix: str, group: str) -> str:
 def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunResults:
     """Run every round of ``config`` over ``grid``; return the written results."""
     device = resolve_device(config.device)
-    results = RunResults.create(config.out_dir, resume=config.resume)
-    results.write_config(config.to_dict())
-
     spec = DATASETS[config.dataset]
-    labels = dataset(config.dataset, config.data_dir).train_y
+    labels = dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
+    results = RunResults.create(config.out_dir, resume=config.resume)
+    checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
+    results.write_config(config.to_dict())
     write_partition_report(results.out_dir, labels, list(run_partitions(config)), spec.num_classes)
 
     model = build_run_model(config).to(device)
@@ -107,10 +110,19 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
 
     groups = parameter_groups(model)
     arrays = model_arrays(model)
-    bar = tqdm(range(1, config.num_rounds + 1), desc=config.strategy, unit="round", disable=not progress)
+    first_round, state_key = 1, uuid4().hex  # state_key: where SuperNodes keep this run's client state
+    if checkpoint is not None:
+        arrays, first_round, state_key = checkpoint.array_record(), checkpoint.round + 1, checkpoint.state_key
+        strategy.load_state_dict(checkpoint.strategy)
+        results.set_rows(checkpoint.rows)
+        if checkpoint.client_states is not None and hasattr(grid, "load_client_states"):
+            grid.load_client_states(checkpoint.client_states)
+    bar = tqdm(range(first_round, config.num_rounds + 1), desc=config.strategy, unit="round",
+               initial=first_round - 1, total=config.num_rounds, disable=not progress)
     for server_round in bar:
         start = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({"state-key": state_key}),
+                                                 grid))
         replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         usable = len(replies) - len(strategy.last_dropped)
@@ -119,7 +131,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             "num_replies": usable,
             "num_failures": len(strategy.last_dropped) + len(messages) - len(replies),
         }
-        if new_arrays is not None and usable >= config.min_replies:
+        if new_arrays is not None:  # None: fewer than min-replies usable replies
             client_arrays = [c.array_records[strategy.arrayrecord_key] for c in strategy.last_usable]
             row.update(sign_tracking(arrays, new_arrays, client_arrays, groups))
             arrays = new_arrays
@@ -137,6 +149,13 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             bar.set_postfix(acc=f"{row['accuracy']:.4f}", loss=f"{row['loss']:.3f}")
         row["seconds"] = time.perf_counter() - start
         results.append_round(row)
+        if config.checkpoint_every and (server_round % config.checkpoint_every == 0
+                                        or server_round == config.num_rounds):
+            save_checkpoint(results.out_dir, Checkpoint(
+                round=server_round, config=config.to_dict(), arrays={k: a.numpy() for k, a in arrays.items()},
+                strategy=strategy.state_dict(), rows=results.rows, state_key=state_key,
+                client_states=grid.client_states() if hasattr(grid, "client_states") else None,
+            ))
 
     load_arrays(model, arrays)
     results.save_model(model)

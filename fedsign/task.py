@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord
 from torch import Tensor, nn
 
-from clients import ClientAlgorithm, get_client_algorithm
+from clients import ClientAlgorithm, make_client_algorithm
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, ImageData, dirichlet_partition, load_dataset
 from fedsign.models import build_model
@@ -24,7 +24,7 @@ def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None)
 
     Initialization is seeded by ``config.seed``, so every engine starts from the same model.
     """
-    algorithm = algorithm or get_client_algorithm(config.strategy)
+    algorithm = algorithm or make_client_algorithm(config)
     spec = DATASETS[config.dataset]
     torch.manual_seed(config.seed)
     model = build_model(

@@ -38,12 +38,17 @@ class FedAvg(FlowerFedAvg):
         plain mean over the round's participants.
     seed : int (default: 0)
         Seed of the client-sampling generator.
+    min_replies : int (default: 1)
+        Fewest usable replies a round needs; with fewer, ``aggregate_train`` returns None
+        before any aggregation (so no strategy state changes) and the round is skipped.
     """
 
-    def __init__(self, *args: Any, weighted: bool = True, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, weighted: bool = True, seed: int = 0, min_replies: int = 1,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("fraction_evaluate", 0.0)
         super().__init__(*args, **kwargs)
         self.weighted = weighted
+        self.min_replies = min_replies
         self.rng = random.Random(seed)
         self.node_order: list[int] | None = None
         self.sent_arrays: ArrayRecord | None = None
@@ -100,7 +105,7 @@ class FedAvg(FlowerFedAvg):
                 usable.append(msg.content)
             else:
                 self.last_dropped.append(reason)
-                log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason)
+                log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason.splitlines()[0])
         self.last_usable = usable
         return usable
 
@@ -142,9 +147,9 @@ class FedAvg(FlowerFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the usable replies; None when none is usable."""
+        """Aggregate the usable replies; None when fewer than ``min_replies`` are usable."""
         contents = self.screen_replies(replies)
-        if not contents:
+        if not contents or len(contents) < self.min_replies:
             return None, None
         return self.aggregate_arrays(contents), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 

@@ -1,0 +1,28 @@
+"""FedProx (Li et al., MLSys 2020): cross-entropy plus a proximal term to the global model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from clients.base import ClientAlgorithm, ClientState
+from fedsign.config import RunConfig
+from fedsign.training import LossTerm
+
+
+def proximal_term(local: Mapping[str, Tensor], global_: Mapping[str, Tensor], mu: float) -> Tensor:
+    """(mu/2) * ||theta - theta_t||^2 summed over the tensors of ``global_``; gradient mu*(theta - theta_t)."""
+    return (mu / 2) * sum(((local[k] - g) ** 2).sum() for k, g in global_.items())
+
+
+class FedProxClient(ClientAlgorithm):
+    """Local objective CE + ``proximal_term`` with mu = ``proximal-mu``; no state."""
+
+    name = "fedprox"
+
+    def make_term(
+        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
+    ) -> LossTerm:
+        mu = config.proximal_mu
+        return lambda params, features, x, y: proximal_term(params, global_params, mu)

@@ -1,0 +1,92 @@
+"""Failure injection for reliability tests: run-config ``fail-partitions``.
+
+``fail-partitions = "1:raise 3:nan@2 4:hang@3"`` makes partition 1 fail in every round,
+partition 3 in round 2 only and partition 4 in round 3 only. Modes:
+
+- ``raise``: the ClientApp raises before training (the node replies with an error);
+- ``hang``: the ClientApp sleeps ``round-timeout`` + 1 s, then raises (no reply in time);
+- ``crash``: the ClientApp's process exits at once (``os._exit``); this needs a process of
+  its own, a SuperNode's ClientApp subprocess (``fedsign federation``): the in-process
+  engine and Ray's actor pool refuse it;
+- ``nan``: trains, then replies with NaN in every array;
+- ``shape``: trains, then replies with its first array flattened and one element short.
+
+The server must drop every such reply, count it in ``num_failures`` and go on with the
+others while at least ``min-replies`` arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+MODES = ("raise", "hang", "crash", "nan", "shape")
+CRASH_EXIT_CODE = 70
+_ITEM = re.compile(r"^(\d+):([a-z]+)(?:@(\d+))?$")
+
+
+class InjectedFailure(RuntimeError):
+    """The failure a ``fail-partitions`` entry asked for."""
+
+
+def parse_fail_partitions(text: str, num_clients: int) -> dict[int, list[tuple[str, int | None]]]:
+    """``{partition: [(mode, round or None for every round), ...]}``; ValueError on bad input."""
+    faults: dict[int, list[tuple[str, int | None]]] = {}
+    for item in text.replace(",", " ").split():
+        match = _ITEM.match(item)
+        if match is None:
+            raise ValueError(f"'{item}' is not PARTITION:MODE or PARTITION:MODE@ROUND (e.g. \"1:raise 3:nan@2\")")
+        partition, mode, server_round = int(match[1]), match[2], match[3]
+        if mode not in MODES:
+            raise ValueError(f"mode '{mode}' in '{item}' must be one of {', '.join(MODES)}")
+        if partition >= num_clients:
+            raise ValueError(f"partition {partition} in '{item}' outside [0, {num_clients})")
+        if server_round is not None and int(server_round) < 1:
+            raise ValueError(f"round in '{item}' must be >= 1")
+        faults.setdefault(partition, []).append((mode, None if server_round is None else int(server_round)))
+    return faults
+
+
+def refuse_crash_faults(config, engine: str) -> None:
+    """ConfigError if ``config`` injects ``crash``, which ``engine`` cannot survive."""
+    from fedsign.config import ConfigError
+
+    faults = parse_fail_partitions(config.fail_partitions, config.num_clients)
+    if any(mode == "crash" for entries in faults.values() for mode, _ in entries):
+        raise ConfigError(f"fail-partitions: 'crash' kills the ClientApp's process, which {engine} "
+                          "shares; use it with `fedsign federation` (SuperNode subprocesses)")
+
+
+def fault_for(text: str, num_clients: int, partition_id: int, server_round: int) -> str | None:
+    """The mode injected into this partition's reply in this round, if any."""
+    for mode, only_round in parse_fail_partitions(text, num_clients).get(partition_id, []):
+        if only_round is None or only_round == server_round:
+            return mode
+    return None
+
+
+def fail_before_training(mode: str, round_timeout: float) -> None:
+    """Act out ``raise``, ``hang`` and ``crash``; the other modes act on the reply."""
+    if mode == "raise":
+        raise InjectedFailure("injected failure (fail-partitions: raise)")
+    if mode == "hang":
+        time.sleep(round_timeout + 1.0)
+        raise InjectedFailure("injected failure (fail-partitions: hang) gave up after round-timeout")
+    if mode == "crash":
+        os._exit(CRASH_EXIT_CODE)
+
+
+def corrupt_reply(mode: str, arrays: ArrayRecord) -> ArrayRecord:
+    """The reply arrays for ``nan`` and ``shape``; unchanged for the other modes."""
+    if mode == "nan":
+        return ArrayRecord({k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+    if mode == "shape":
+        items = list(arrays.items())
+        first, array = items[0]
+        return ArrayRecord({first: Array(array.numpy().reshape(-1)[:-1].copy()),
+                            **{k: a for k, a in items[1:]}})
+    return arrays

@@ -1,0 +1,618 @@
+"""fedsign landscape: the paper's landscape analyses from the command line.
+
+Analyses of a trained model take a *run directory* -- one written by the platform (``fedsign run`` /
+``simulate``: ``config.json`` + ``model.safetensors``) or by ``fedsign landscape train`` -- or a
+``.safetensors`` file inside one (e.g. a client model the run saved). The model is rebuilt with
+``fedsign.task.build_run_model`` from the run's config, evaluated on that run's dataset (test split;
+BN recalibration on the training split), and theta_0 is ``init.safetensors`` when the directory has
+one, else the run's seeded initialization. Each command writes ``<name>.json`` / ``.npz`` records and
+PNG figures to ``--out`` (default ``<run dir>/landscape``) and prints a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fedsign.cli import CLIError
+from fedsign.config import RunConfig
+from fedsign.data import DatasetSpec
+
+from . import plots
+from .curves import interpolation, lambda_grid, ratio_sweep, valley_curves
+from .directions import DIRECTION_SETS, NORMALIZATIONS, DirectionError, make_directions
+from .evaluate import (BN_POLICIES, EvalData, Line, PolicyError, evaluate_lines, has_batch_norm, prepare_data,
+                       split_state)
+from .groups import GROUP_NAMES, GroupError, select_parameters
+from .records import curve_arrays, write_record
+
+RUN_FILES = ("config.json", "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ loading
+@dataclass
+class LoadedRun:
+    """A trained model with everything the analyses need."""
+
+    run_dir: Path
+    config: RunConfig
+    model: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    init: dict[str, Tensor]
+    spec: DatasetSpec
+    train_x: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+def load_run(path: str | Path, device: torch.device) -> LoadedRun:
+    """Load a run directory (or a ``.safetensors`` file inside one) and its dataset."""
+    from fedsign.data import DATASETS, load_dataset
+    from fedsign.results import load_model_state
+    from fedsign.task import build_run_model
+
+    path = Path(path)
+    model_file = path if path.suffix == ".safetensors" else path / "model.safetensors"
+    run_dir = model_file.parent
+    if not (run_dir / "config.json").is_file() or not model_file.is_file():
+        raise CLIError(f"{path} is not a run directory: it needs {' and '.join(RUN_FILES)} "
+                       f"(written by fedsign run / simulate or fedsign landscape train)")
+    config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+    model = build_run_model(config)
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    if (run_dir / "init.safetensors").is_file():
+        init, _ = split_state(model, load_model_state(run_dir / "init.safetensors"))
+    params, buffers = split_state(model, load_model_state(model_file))
+    model.load_state_dict({**params, **buffers}, strict=False)
+    model.to(device)
+    data = load_dataset(config.dataset, config.data_dir or None)
+    to = functools.partial(_to_device, device=device)
+    return LoadedRun(run_dir, config, model, to(params), to(buffers), to(init), DATASETS[config.dataset],
+                     data.train_x, data.test_x, data.test_y)
+
+
+def _to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {n: t.detach().to(device) for n, t in state.items()}
+
+
+def eval_data(run: LoadedRun, args: argparse.Namespace, device: torch.device) -> EvalData:
+    """The run's test split (and training images for BN recalibration where the model has BN)."""
+    from fedsign.data import make_batch_transform
+
+    recal = run.train_x if args.bn == "recalibrate" and has_batch_norm(run.model) else None
+    return prepare_data(run.test_x, run.test_y, make_batch_transform(run.spec, train=False), recal,
+                        test_samples=args.test_samples, recal_samples=args.recal_samples,
+                        batch_size=args.eval_batch, seed=args.seed, device=device)
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    """The device (and, with ``--threads``, torch's intra-op thread count)."""
+    from fedsign.training import resolve_device
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    try:
+        return resolve_device(args.device)
+    except RuntimeError as err:
+        raise CLIError(str(err)) from None
+
+
+def _out_dir(args: argparse.Namespace, run_path: str | Path | None = None) -> Path:
+    if args.out:
+        return Path(args.out)
+    if run_path is None:
+        raise CLIError("--out is required for this command")
+    path = Path(run_path)
+    return (path.parent if path.suffix == ".safetensors" else path) / "landscape"
+
+
+def _floats(text: str) -> list[float]:
+    """``0.2,1,2`` or ``start:stop:step`` (stop included)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            return [round(v, 10) + 0.0 for v in np.arange(start, stop + step / 2, step)]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.2,1,2 or 0:1:0.1, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,5, got {text!r}") from None
+
+
+def _config(args: argparse.Namespace, **extra) -> dict:
+    """The record's ``config``: the command's arguments (without the handler)."""
+    return {**{k: v for k, v in vars(args).items() if k != "func"}, **extra}
+
+
+def _evaluation(args: argparse.Namespace, device: torch.device) -> dict:
+    """Evaluation options; ``--mode auto`` is vmap on a GPU and the loop on a CPU (where, for the
+    small CNN on MNIST, the loop measured 2-3x more points per second than vmap)."""
+    vectorize = args.mode == "vmap" or (args.mode == "auto" and device.type == "cuda")
+    return {"bn": args.bn, "chunk": args.chunk, "vectorize": vectorize, "bf16": args.bf16}
+
+
+def _errors_as_cli(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report the package's input errors as one-line ``CLIError`` s."""
+    from fedsign.models import ModelConfigError
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (DirectionError, GroupError, PolicyError, ModelConfigError) as err:
+            raise CLIError(str(err)) from None
+
+    return run
+
+
+def _print_written(paths) -> None:
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _subset(x: Tensor, y: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random subset of ``limit`` examples (all when ``limit`` is 0 or too large)."""
+    if 0 < limit < len(x):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        return x[idx], y[idx]
+    return x, y
+
+
+def _direction_rows(spec: str) -> list[list[str]]:
+    """Figure rows: one per direction set named in ``spec``, then one for the single names."""
+    rows, singles = [], []
+    for item in (s.strip() for s in spec.split(",")):
+        if item in DIRECTION_SETS:
+            rows.append(list(DIRECTION_SETS[item]))
+        elif item:
+            singles.append(item)
+    if singles:
+        rows.append(singles)
+    if not rows:
+        raise DirectionError("no direction given")
+    return rows
+
+
+def _title(run: LoadedRun, args: argparse.Namespace) -> str:
+    bn = f"BN {args.bn}" if has_batch_norm(run.model) else "no BN"
+    return (f"{run.config.model} on {run.config.dataset} ({run.run_dir.name}), group {args.group}, "
+            f"{args.norm.upper()} noise, {bn}")
+
+
+def _training_config(args: argparse.Namespace, out_dir: str, epochs: int):
+    """The RunConfig written to a landscape training directory (so it loads like a platform run)."""
+    return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, num_clients=1,
+                     clients_per_round=1, num_rounds=1, local_epochs=epochs, batch_size=args.batch_size,
+                     lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                     out_dir=out_dir, device=args.device).validate().resolved()
+
+
+def _save_states(results, model: nn.Module, states: dict[str, dict[str, Tensor]]) -> list[Path]:
+    """Save each ``{file name: state}`` through the run's results writer."""
+    paths = []
+    for name, state in states.items():
+        model.load_state_dict(state, strict=False)
+        paths.append(results.save_model(model, name))
+    return paths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model (a §4.2 variant) through train_local and save it as a run directory."""
+    from fedsign.data import load_dataset, make_batch_transform
+    from fedsign.results import RunResults
+    from fedsign.training import TrainSettings, evaluate
+
+    from .variants import build_variant_model, float_state, train_checkpoints
+
+    device = _device(args)
+    config = _training_config(args, args.out, args.epochs)
+    results = RunResults.create(config.out_dir)
+    data = load_dataset(config.dataset, config.data_dir or None)
+    x, y = _subset(data.train_x, data.train_y, args.train_samples, args.seed)
+    model = build_variant_model(config.model, data.spec, args.bn_weight_init, seed=config.seed).to(device)
+    init = float_state(model)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             momentum=args.momentum, weight_decay=args.weight_decay)
+    start = time.perf_counter()
+    states, stats = train_checkpoints(model, x.to(device), y.long().to(device), data.spec, settings,
+                                      [args.epochs], seed=args.seed)
+    seconds = time.perf_counter() - start
+    acc, loss = evaluate(model, data.test_x.to(device), data.test_y.long().to(device),
+                         make_batch_transform(data.spec, train=False))
+    results.write_config(config.to_dict())
+    paths = _save_states(results, model, {"init.safetensors": init, "model.safetensors": states[args.epochs]})
+    record = {"seed": args.seed, "config": _config(args), "train_samples": len(x), "train_ce": stats[-1].ce_loss,
+              "test_accuracy": acc, "test_loss": loss, "seconds": seconds}
+    paths += write_record(config.out_dir, "train", record)
+    print(f"{config.model} on {config.dataset} ({len(x)} images, {args.epochs} epochs, lr {args.lr:g}, "
+          f"bs {args.batch_size}, wd {args.weight_decay:g}, bn-weight-init {args.bn_weight_init}): "
+          f"test accuracy {acc:.4f}, loss {loss:.4f}, {seconds:.1f} s")
+    _print_written(paths)
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    """Figs. 3, 5-7, 9: valleys along named directions for several scales."""
+    device = _device(args)
+    run = load_run(args.run, device)
+    data = eval_data(run, args, device)
+    names = select_parameters(run.model, args.group)
+    rows = _direction_rows(args.directions)
+    theta = {n: run.params[n] for n in names}
+    directions = make_directions([d for row in rows for d in row], theta, args.seed, normalization=args.norm,
+                                 theta0={n: run.init[n] for n in names})
+    record = valley_curves(run.model, run.params, directions, data, scales=args.scales,
+                           lambdas=lambda_grid(args.points), buffers=run.buffers, **_evaluation(args, device))
+    record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group,
+              "parameters": names, "normalization": args.norm, **record}
+    out = _out_dir(args, args.run)
+    paths = write_record(out, args.name, record, curve_arrays(record))
+    for metric in ("error", "loss"):
+        paths.append(plots.plot_valleys(record, rows, out / f"{args.name}_{metric}.png", metric, _title(run, args)))
+    print(f"{'direction':<22}" + "".join(f"  asym(s={s:g})" for s in args.scales) + "   err(λ=-1)  err(λ=+1)")
+    for name, curve in record["curves"].items():
+        per_scale = list(curve["scales"].values())
+        print(f"{curve['label']:<22}" + "".join(f"  {c['asymmetry']['error']['asymmetry']:+11.4f}" for c in per_scale)
+              + f"   {per_scale[-1]['error'][0]:9.4f}  {per_scale[-1]['error'][-1]:9.4f}")
+    _print_timing(record["timing"])
+    _print_written(paths)
+    return 0
+
+
+def _print_timing(t: dict) -> None:
+    mode = "vmap" if t["vectorized"] else "loop"
+    print(f"{t['points']} points in {t['seconds']:.1f} s: {t['points_per_second']:.2f} points/s ({mode}, chunk {t['chunk']})")
+
+
+def cmd_ratio(args: argparse.Namespace) -> int:
+    """Fig. 4: mean error over the positive / negative side against the sign-consistency ratio r."""
+    device = _device(args)
+    run = load_run(args.run, device)
+    data = eval_data(run, args, device)
+    names = select_parameters(run.model, args.group)
+    record = ratio_sweep(run.model, run.params, names, data, ratios=args.ratios, scale=args.scale,
+                         lambdas=lambda_grid(args.points), normalization=args.norm, seed=args.seed,
+                         buffers=run.buffers, **_evaluation(args, device))
+    record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group, **record}
+    out = _out_dir(args, args.run)
+    paths = write_record(out, args.name, record, {k: np.asarray(v) for k, v in record["sweep"].items()})
+    paths.append(plots.plot_ratio_sweep(record, out / f"{args.name}.png", _title(run, args)))
+    sweep = record["sweep"]
+    print("    r     SSR   err[0,1]  err[-1,0]   asym")
+    for r, ssr, pos, neg in zip(sweep["ratios"], sweep["ssr"], sweep["error_pos_mean"], sweep["error_neg_mean"]):
+        print(f"{r:5.2f}  {ssr:6.3f}  {pos:8.4f}  {neg:8.4f}  {neg - pos:+.4f}")
+    _print_timing(record["timing"])
+    _print_written(paths)
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    """Fig. 8: interpolation of two models, per-group statistics and sign consistency with d."""
+    from fedsign.models import parameter_groups
+
+    device = _device(args)
+    run1, run2 = load_run(args.run1, device), load_run(args.run2, device)
+    for key in ("model", "dataset"):
+        if getattr(run1.config, key) != getattr(run2.config, key):
+            raise CLIError(f"the two runs differ in {key}: {getattr(run1.config, key)} vs {getattr(run2.config, key)}")
+    if list(run1.params) != list(run2.params):
+        raise CLIError("the two models have different parameters (e.g. one has a MOON head); cannot interpolate")
+    data = eval_data(run1, args, device)
+    record = interpolation(run1.model, run1.params, run2.params, data, groups=parameter_groups(run1.model),
+                           buffers1=run1.buffers, buffers2=run2.buffers,
+                           lambdas=lambda_grid(args.points, -1.0, 2.0), **_evaluation(args, device))
+    record = {"seed": args.seed, "config": _config(args), "runs": [str(args.run1), str(args.run2)], **record}
+    out = _out_dir(args, args.run1)
+    paths = write_record(out, args.name, record)
+    paths.append(plots.plot_interpolation(record, out / f"{args.name}.png",
+                                          title=f"θ1 = {args.run1}, θ2 = {args.run2}, BN {args.bn}"))
+    lam = np.asarray(record["lambdas"])
+    at = {v: record["error"][int(np.argmin(np.abs(lam - v)))] for v in (0.0, 0.5, 1.0)}
+    print(f"error at λ=0 (θ1) {at[0.0]:.4f}, λ=0.5 {at[0.5]:.4f}, λ=1 (θ2) {at[1.0]:.4f}")
+    ssr = record["ssr"]
+    print(f"SSR(θ1, θ2) {ssr['theta1_theta2']['all']:.4f}, SSR(θ1, d) {ssr['theta1_d']['all']:.4f}, "
+          f"SSR(θ2, d) {ssr['theta2_d']['all']:.4f}")
+    _print_timing(record["timing"])
+    _print_written(paths)
+    return 0
+
+
+def cmd_soups(args: argparse.Namespace) -> int:
+    """Fig. 11: two models from one initialization on the two halves of the data, with checkpoints."""
+    from fedsign.data import load_dataset, make_batch_transform
+    from fedsign.models import parameter_groups
+    from fedsign.results import RunResults
+    from fedsign.training import TrainSettings, derive_seed
+
+    from .soups import soup_record, split_halves
+    from .variants import build_variant_model, float_state, train_checkpoints
+
+    device = _device(args)
+    config = _training_config(args, args.out, max(args.epochs))
+    results = RunResults.create(config.out_dir)
+    results.write_config(config.to_dict())
+    data = load_dataset(config.dataset, config.data_dir or None)
+    x, y = _subset(data.train_x, data.train_y, args.train_samples, args.seed)
+    model = build_variant_model(config.model, data.spec, args.bn_weight_init, seed=args.seed).to(device)
+    init = float_state(model)
+    settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                             weight_decay=args.weight_decay)
+    checkpoints, start = {}, time.perf_counter()
+    for k, half in enumerate(split_halves(len(x), args.seed)):
+        model.load_state_dict(init, strict=False)
+        checkpoints["AB"[k]], _ = train_checkpoints(model, x[half].to(device), y[half].long().to(device), data.spec,
+                                                    settings, args.epochs, seed=derive_seed(args.seed, k + 1))
+    seconds = time.perf_counter() - start
+    paths = _save_states(results, model, {"init.safetensors": init, **{
+        f"{side}-e{e}.safetensors": state for side, states in checkpoints.items() for e, state in states.items()}})
+    recal = x if args.bn == "recalibrate" and has_batch_norm(model) else None
+    evaluation = prepare_data(data.test_x, data.test_y, make_batch_transform(data.spec, train=False), recal,
+                              test_samples=args.test_samples, recal_samples=args.recal_samples,
+                              batch_size=args.eval_batch, seed=args.seed, device=device)
+    record = soup_record(model, init, checkpoints["A"], checkpoints["B"], evaluation,
+                         groups=parameter_groups(model), lambdas=lambda_grid(args.points, 0.0, 1.0),
+                         **_evaluation(args, device))
+    record = {"seed": args.seed, "config": _config(args), "train_seconds": seconds, **record}
+    paths += write_record(config.out_dir, args.name, record)
+    paths.append(plots.plot_soups(record, Path(config.out_dir) / f"{args.name}.png",
+                                  f"{config.model} on {config.dataset}, two halves of {len(x)} images"))
+    print("epoch  acc(A)  acc(B)  acc(soup)    gap   SSR-IA  SSR-IB  SSR-AB")
+    for row in record["checkpoints"]:
+        acc = row["accuracy"]
+        soup = acc[int(np.argmin(np.abs(np.asarray(record["lambdas"]) - 0.5)))]
+        print(f"{row['epoch']:5d}  {acc[0]:.4f}  {acc[-1]:.4f}  {soup:.4f}  {row['gap']:+.4f}  "
+              f"{row['ssr_ia']['all']:.4f}  {row['ssr_ib']['all']:.4f}  {row['ssr_ab']['all']:.4f}")
+    _print_timing(record["timing"])
+    _print_written(paths)
+    return 0
+
+
+def cmd_digits_demo(args: argparse.Namespace) -> int:
+    """Listing 2 / Fig. 29: softmax regression on digits under Gaussian and sign-consistent noise."""
+    from .theory import DIGITS_METRICS, digits_demo
+
+    start = time.perf_counter()
+    record, arrays = digits_demo(seed=args.seed, draws=args.draws, points=args.points)
+    out = Path(args.out)
+    paths = write_record(out, "digits_demo", record, {
+        **arrays, "seed": np.asarray(args.seed), "metrics": np.asarray(DIGITS_METRICS)})
+    paths.append(plots.plot_digits_demo(record, out / "digits_demo.png"))
+    for noise, metrics in record["noises"].items():
+        err = metrics["error"]
+        print(f"{noise:<16} error at λ=-1 {err[0]:.4f}, λ=0 {err[len(err) // 2]:.4f}, λ=+1 {err[-1]:.4f}; "
+              f"tr H at λ=-1 {metrics['trace_hessian'][0]:.2f}, λ=+1 {metrics['trace_hessian'][-1]:.2f}")
+    print(f"{args.draws} noise draws in {time.perf_counter() - start:.1f} s")
+    _print_written(paths)
+    return 0
+
+
+def cmd_relu_sim(args: argparse.Namespace) -> int:
+    """Listing 1 / Fig. 27: the distribution of (w + λ sign(w))^T h."""
+    from .theory import relu_simulation, relu_summary
+
+    sim = relu_simulation(seed=args.seed, samples=args.samples)
+    record = {"seed": args.seed, "config": _config(args), **relu_summary(sim)}
+    out = Path(args.out)
+    paths = write_record(out, "relu_sim", record, sim)
+    paths.append(plots.plot_relu_simulation(sim, out / "relu_sim.png"))
+    for lam, mean, active in zip(record["lambdas"], record["mean"], record["active_fraction"]):
+        print(f"λ={lam:+.1f}: mean {mean:+8.3f}, activated {active:.3f}")
+    _print_written(paths)
+    return 0
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    """Fig. 28: activation confusion matrices along a direction."""
+    from .activations import activation_confusion
+
+    device = _device(args)
+    run = load_run(args.run, device)
+    data = eval_data(run, args, device)
+    names = select_parameters(run.model, args.group)
+    theta = {n: run.params[n] for n in names}
+    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
+                                theta0={n: run.init[n] for n in names})[args.direction]
+    record = activation_confusion(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers,
+                                  bn=args.bn, samples=args.samples)
+    record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), **record}
+    out = _out_dir(args, args.run)
+    paths = write_record(out, args.name, record)
+    paths.append(plots.plot_activation_confusion(record, out / f"{args.name}.png", _title(run, args)))
+    print("   λ   unchanged")
+    for lam, diag in zip(record["lambdas"], record["diagonal"]):
+        print(f"{lam:+5.2f}  {diag:.4f}")
+    _print_written(paths)
+    return 0
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    """Hutchinson trace of the CE Hessian (w.r.t. a parameter group) along a direction."""
+    from .hessian import trace_curve
+
+    device = _device(args)
+    run = load_run(args.run, device)
+    data = eval_data(run, args, device)
+    names = select_parameters(run.model, args.group)
+    theta = {n: run.params[n] for n in names}
+    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
+                                theta0={n: run.init[n] for n in names})[args.direction]
+    record = trace_curve(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers, bn=args.bn,
+                         probes=args.probes, samples=args.samples, seed=args.seed)
+    record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group, **record}
+    out = _out_dir(args, args.run)
+    paths = write_record(out, args.name, record)
+    paths.append(plots.plot_trace_curve(record, out / f"{args.name}.png", _title(run, args)))
+    for lam, tr, err in zip(record["lambdas"], record["trace"], record["stderr"]):
+        print(f"λ={lam:+5.2f}: tr H ≈ {tr:.4f} ± {err:.4f}")
+    _print_written(paths)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Points per second of the vmap and loop evaluators on the same points, and their agreement."""
+    device = _device(args)
+    run = load_run(args.run, device)
+    data = eval_data(run, args, device)
+    names = select_parameters(run.model, args.group)
+    theta = {n: run.params[n] for n in names}
+    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm)[args.direction]
+    line = [Line(run.params, direction, lambda_grid(args.points).tolist(), run.buffers)]
+    modes = {"vmap": dict(vectorize=True), "loop": dict(vectorize=False)}
+    if args.bf16:
+        modes["vmap-bf16"] = dict(vectorize=True, bf16=True)
+    results = {}
+    for mode, options in modes.items():
+        ev = evaluate_lines(run.model, line, data, bn=args.bn, chunk=args.chunk, **options)
+        results[mode] = {"points_per_second": ev.points_per_second, "seconds": ev.seconds, "points": ev.points,
+                         "vectorized": ev.vectorized, "error": ev.error[0].tolist(), "loss": ev.loss[0].tolist()}
+    ref = results["loop"]
+    for mode, r in results.items():
+        r["max_abs_diff_error"] = float(np.max(np.abs(np.subtract(r["error"], ref["error"]))))
+        r["max_abs_diff_loss"] = float(np.max(np.abs(np.subtract(r["loss"], ref["loss"]))))
+        print(f"{mode:<10} {r['points_per_second']:8.2f} points/s  ({r['points']} points, {r['seconds']:.1f} s; "
+              f"max |Δ| vs loop: error {r['max_abs_diff_error']:.2e}, loss {r['max_abs_diff_loss']:.2e})")
+    record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "device": str(device),
+              "threads": torch.get_num_threads(), "test_samples": len(data.x),
+              "recal_samples": 0 if data.recal_x is None else len(data.recal_x), "modes": results}
+    _print_written(write_record(_out_dir(args, args.run), args.name, record))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _add_common(p: argparse.ArgumentParser, name: str, out_required: bool = False) -> None:
+    p.add_argument("--out", required=out_required, default="",
+                   help="output folder" + ("" if out_required else " (default: <run dir>/landscape)"))
+    p.add_argument("--name", default=name, help=f"file name stem of the outputs (default {name})")
+    p.add_argument("--seed", type=int, default=0, help="seed of noise draws and data subsets (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+
+
+def _add_eval(p: argparse.ArgumentParser, group: str = "ALL") -> None:
+    p.add_argument("--group", default=group,
+                   help=f"parameters that get noise: {', '.join(GROUP_NAMES)} or a name regex (default {group})")
+    p.add_argument("--norm", default="ns", choices=NORMALIZATIONS,
+                   help="ns: ||θ||·d/||d|| (default); filter: Filter-NS; none: raw")
+    p.add_argument("--bn", default="recalibrate", choices=BN_POLICIES, help="BN statistics at each point")
+    p.add_argument("--test-samples", type=int, default=0, help="test images evaluated (0 = all)")
+    p.add_argument("--recal-samples", type=int, default=2048, help="training images for BN recalibration")
+    p.add_argument("--eval-batch", type=int, default=256, help="images per forward pass")
+    p.add_argument("--chunk", type=int, default=8, help="points per vmapped call")
+    p.add_argument("--mode", default="auto", choices=("auto", "vmap", "loop"),
+                   help="vmap: points batched by torch.func.vmap; loop: point by point; auto (default): "
+                        "vmap on a GPU, loop on a CPU (faster there; see the bench command)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast forward passes")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    from fedsign.models import BN_WEIGHT_INITS, MODEL_NAMES
+
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", default="", help="dataset location (default: the dataset's default)")
+    p.add_argument("--model", default="cnn", choices=MODEL_NAMES)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--bn-weight-init", default="ones", choices=BN_WEIGHT_INITS,
+                   help="BN weight init: ones, uniform U(0,1), gaussian G(0,0.1)")
+    p.add_argument("--train-samples", type=int, default=0, help="train on a seeded subset (0 = all)")
+
+
+def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``fedsign landscape <command>`` to the ``fedsign`` parser's subcommands."""
+    top = sub.add_parser("landscape", help="loss-landscape analyses (valleys, interpolation, soups, theory)",
+                         description=__doc__.splitlines()[0])
+    cmds = top.add_subparsers(dest="landscape_command", required=True)
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=_errors_as_cli(func))
+        return p
+
+    p = command("train", cmd_train, "train one model (BN-init / lr / bs / wd variant) into a run directory")
+    _add_training(p)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+
+    p = command("curves", cmd_curves, "valleys θf + λ·s·d along directions (Figs. 3, 5-7, 9)")
+    p.add_argument("run", help="run directory or a .safetensors file in one")
+    p.add_argument("--directions", default="common,common-sc",
+                   help=f"comma-separated names or sets ({', '.join(DIRECTION_SETS)}); default common,common-sc")
+    p.add_argument("--scales", type=_floats, default=[0.2, 1.0, 2.0], help="scales s (default 0.2,1,2)")
+    p.add_argument("--points", type=int, default=21, help="λ points in [-1, 1] (default 21)")
+    _add_common(p, "valleys")
+    _add_eval(p)
+
+    p = command("ratio", cmd_ratio, "ratio-r sweep of sign-consistent elements (Fig. 4)")
+    p.add_argument("run")
+    p.add_argument("--ratios", type=_floats, default=_floats("0:1:0.1"), help="ratios r (default 0:1:0.1)")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--points", type=int, default=21)
+    _add_common(p, "ratio")
+    _add_eval(p)
+
+    p = command("interpolate", cmd_interpolate, "(1-λ)θ1 + λθ2 with group statistics and SSR (Fig. 8)")
+    p.add_argument("run1")
+    p.add_argument("run2")
+    p.add_argument("--points", type=int, default=31, help="λ points in [-1, 2] (default 31)")
+    _add_common(p, "interpolation")
+    _add_eval(p)
+
+    p = command("soups", cmd_soups, "model soups: two halves, one initialization, checkpoints (Fig. 11)")
+    _add_training(p)
+    p.add_argument("--epochs", type=_ints, default=[1, 2, 3, 5], help="checkpoint epochs (default 1,2,3,5)")
+    p.add_argument("--points", type=int, default=11, help="λ points in [0, 1] (default 11)")
+    _add_common(p, "soups", out_required=True)
+    _add_eval(p)
+
+    p = command("digits-demo", cmd_digits_demo, "Listing 2 / Fig. 29: softmax regression on sklearn digits")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draws", type=int, default=10, help="noise draws averaged (default 10)")
+    p.add_argument("--points", type=int, default=21, help="λ points in [-1, 1] (default 21)")
+
+    p = command("relu-sim", cmd_relu_sim, "Listing 1 / Fig. 27: ReLU pre-activation simulation")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=10000)
+
+    for name, func, help_text, group, lambdas, extra in (
+            ("activations", cmd_activations, "activation confusion matrices along a direction (Fig. 28)",
+             "ALL", "-1:1:0.2", ()),
+            ("hessian", cmd_hessian, "Hutchinson Hessian trace along a direction", "CLF", "-1:1:0.5",
+             (("--probes", 16, "Rademacher probes per point"),))):
+        p = command(name, func, help_text)
+        p.add_argument("run")
+        p.add_argument("--direction", default="sc-gauss", help="one direction name (default sc-gauss)")
+        p.add_argument("--lambdas", type=_floats, default=_floats(lambdas), help=f"λ values (default {lambdas})")
+        p.add_argument("--samples", type=int, default=256 if name == "activations" else 512,
+                       help="evaluation images used")
+        for flag, default, text in extra:
+            p.add_argument(flag, type=int, default=default, help=text)
+        _add_common(p, name)
+        _add_eval(p, group)
+
+    p = command("bench", cmd_bench, "points/second of vmap vs loop evaluation on the same points")
+    p.add_argument("run")
+    p.add_argument("--direction", default="sc-gauss")
+    p.add_argument("--points", type=int, default=16)
+    _add_common(p, "bench")
+    _add_eval(p)

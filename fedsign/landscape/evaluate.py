@@ -1,0 +1,336 @@
+"""Test error and CE loss of many parameter points at once, with a BatchNorm policy.
+
+A *point* is a full set of parameters; points come in :class:`Line` s, ``anchor + t * direction``
+for each coefficient ``t``. Points are evaluated in chunks: the chunk's parameters **and
+buffers** are stacked and one ``torch.func.functional_call`` runs under ``torch.func.vmap``
+(``vectorize=True``), or point by point (the loop fallback, also used automatically when vmap
+fails). Parameters that no line of a chunk perturbs stay unstacked, so a CLF-only line costs a
+batched classifier, not a batched network.
+
+BN policies, applied at every point (endpoints included):
+
+* ``recalibrate`` (default; paper A.3): running statistics are reset (mean 0, var 1) and recomputed
+  in train mode over ``data.recal_x`` as a cumulative average: before a batch of ``b`` samples,
+  after ``n`` samples, each BN momentum is set to ``b / (n + b)`` (PyTorch's ``momentum=None``
+  average reads a batched counter and cannot run under vmap; this weights batches by their size).
+  Other modules (dropout) stay in eval mode. Then the point is evaluated in eval mode.
+* ``stale``: the anchor's running statistics (moved along ``buffer_direction`` if given).
+* ``none``: no running statistics: BN normalizes every test batch with that batch's own statistics
+  (train-mode BN with momentum 0), so results depend on ``data.batch_size``.
+
+A model without BN has no statistics: every policy then runs as ``stale`` (and needs no ``recal_x``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from fedsign.training import BatchTransform
+
+Params = dict[str, Tensor]
+BN_POLICIES = ("recalibrate", "stale", "none")
+
+
+class PolicyError(ValueError):
+    """An unknown BN policy, or recalibration without recalibration data."""
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Transformed float inputs: ``x``/``y`` to evaluate on, ``recal_x`` for BN recalibration."""
+
+    x: Tensor
+    y: Tensor
+    recal_x: Tensor | None = None
+    batch_size: int = 256
+
+
+def _subset(n: int, limit: int, generator: torch.Generator) -> Tensor:
+    if 0 < limit < n:
+        return torch.randperm(n, generator=generator)[:limit].sort().values
+    return torch.arange(n)
+
+
+def _transform_all(images: Tensor, transform: BatchTransform, batch_size: int) -> Tensor:
+    return torch.cat([transform(images[i:i + batch_size], None) for i in range(0, len(images), batch_size)])
+
+
+def prepare_data(
+    test_images: Tensor,
+    test_labels: Tensor,
+    transform: BatchTransform,
+    recal_images: Tensor | None = None,
+    *,
+    test_samples: int = 0,
+    recal_samples: int = 2048,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> EvalData:
+    """Transform (eval transform: no augmentation) seeded subsets once: ``test_samples`` test images
+    (0 = all) and ``recal_samples`` recalibration images (0 = all of ``recal_images``)."""
+    generator = torch.Generator().manual_seed(seed)
+    idx = _subset(len(test_images), test_samples, generator)
+    x = _transform_all(test_images[idx].to(device), transform, batch_size)
+    recal_x = None
+    if recal_images is not None:
+        ridx = _subset(len(recal_images), recal_samples, generator)
+        recal_x = _transform_all(recal_images[ridx].to(device), transform, batch_size)
+    return EvalData(x, torch.as_tensor(test_labels)[idx].long().to(device), recal_x, batch_size)
+
+
+@dataclass
+class Line:
+    """Points ``anchor + t * direction`` for ``t`` in ``coefs``.
+
+    ``anchor``: every parameter of the model; ``direction``: the perturbed names only.
+    ``buffers``: the anchor's floating-point buffers (default: the model's own); ``buffer_direction``
+    moves them along with the parameters (used by ``stale`` interpolation between two models).
+    """
+
+    anchor: Mapping[str, Tensor]
+    direction: Mapping[str, Tensor]
+    coefs: Sequence[float]
+    buffers: Mapping[str, Tensor] | None = None
+    buffer_direction: Mapping[str, Tensor] | None = None
+
+
+@dataclass
+class Evaluation:
+    """Per-line arrays of test error and mean CE loss, and the timing of the whole call."""
+
+    error: list[np.ndarray]
+    loss: list[np.ndarray]
+    points: int
+    seconds: float
+    vectorized: bool
+    chunk: int = field(default=0)
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else float("inf")
+
+
+def model_state(model: nn.Module) -> tuple[Params, Params]:
+    """Detached copies of the model's parameters and floating-point buffers."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+    return params, buffers
+
+
+def split_state(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[Params, Params]:
+    """Split a floating-point state dict (as saved by the platform) into parameters and buffers."""
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ValueError(f"state lacks parameters {missing[:3]} of the model")
+    buffers = {n for n, b in model.named_buffers() if b.is_floating_point()}
+    return {n: state[n] for n in names}, {n: state[n] for n in buffers if n in state}
+
+
+def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def bn_mode(model: nn.Module, bn_train: bool, momentum: float = 0.0) -> Iterator[list]:
+    """Everything in eval mode, BN layers in train mode if ``bn_train`` (with ``momentum``);
+    yields the BN modules and restores modes and momenta on exit."""
+    modes = {m: m.training for m in model.modules()}
+    bns = _bn_modules(model)
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.train(bn_train)
+        m.momentum = momentum
+    try:
+        yield bns
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return bool(_bn_modules(model))
+
+
+def _check_policy(model: nn.Module, bn: str, data: EvalData) -> str:
+    """The policy to run: a model without BN has no statistics, so every policy is ``stale``."""
+    if bn not in BN_POLICIES:
+        raise PolicyError(f"unknown BN policy {bn!r}; use one of {', '.join(BN_POLICIES)}")
+    if not has_batch_norm(model):
+        return "stale"
+    if bn == "recalibrate" and data.recal_x is None:
+        raise PolicyError("BN policy 'recalibrate' needs recalibration images (EvalData.recal_x)")
+    return bn
+
+
+def _stack_chunk(
+    model: nn.Module, lines: Sequence[Line], part: Sequence[tuple[int, float]], bn: str
+) -> tuple[Params, Params, Params, Params]:
+    """(stacked params, shared params, stacked float buffers, fixed non-float buffers) of a chunk."""
+    first = lines[part[0][0]]
+    same_anchor = all(lines[i].anchor is first.anchor for i, _ in part)
+    moved = set().union(*(lines[i].direction.keys() for i, _ in part))
+    names = [n for n, _ in model.named_parameters()]
+    batched = [n for n in names if not same_anchor or n in moved]
+    params = {n: torch.stack([lines[i].anchor[n] + c * lines[i].direction[n] if n in lines[i].direction
+                              else lines[i].anchor[n] for i, c in part]) for n in batched}
+    shared = {n: first.anchor[n] for n in names if n not in params}
+    own = dict(model.named_buffers())
+    float_names = [n for n, b in own.items() if b.is_floating_point()]
+
+    def buffer(i: int, c: float, n: str) -> Tensor:
+        line = lines[i]
+        b = (line.buffers or {}).get(n, own[n].detach())
+        if line.buffer_direction is not None and n in line.buffer_direction:
+            b = b + c * line.buffer_direction[n]
+        return b
+
+    buffers = {n: torch.stack([buffer(i, c, n) for i, c in part]) for n in float_names}
+    if bn == "recalibrate":
+        for m_name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                prefix = f"{m_name}." if m_name else ""
+                buffers[prefix + "running_mean"].zero_()
+                buffers[prefix + "running_var"].fill_(1.0)
+    fixed = {n: b.detach().clone() for n, b in own.items() if not b.is_floating_point()}
+    return params, shared, buffers, fixed
+
+
+def _forward(model, params, shared, buffers, fixed, x, vectorized: bool) -> Tensor:
+    """Logits ``[P, B, C]`` of every stacked point on the (unstacked) input ``x``."""
+    def run(p: Params, b: Params) -> Tensor:
+        return functional_call(model, {**shared, **p, **b, **fixed}, (x,))
+
+    if not params and not buffers:  # nothing stacked: every point is the same network
+        return run({}, {})[None]
+    if vectorized:
+        return vmap(run)(params, buffers)
+    count = len(next(iter({**params, **buffers}.values())))
+    return torch.stack([run({n: v[i] for n, v in params.items()}, {n: v[i] for n, v in buffers.items()})
+                        for i in range(count)])
+
+
+def _recalibrate(model: nn.Module, stacked: tuple, data: EvalData, vectorized: bool) -> None:
+    """Recompute the stacked BN statistics in place: cumulative average over ``data.recal_x``."""
+    seen = 0
+    with torch.no_grad(), bn_mode(model, True) as bns:
+        for xb in data.recal_x.split(data.batch_size):
+            for m in bns:
+                m.momentum = len(xb) / (seen + len(xb))
+            _forward(model, *stacked, xb, vectorized)
+            seen += len(xb)
+
+
+def _chunk_metrics(model, stacked, data: EvalData, bn: str, vectorized: bool, bf16: bool,
+                   count: int) -> tuple[np.ndarray, np.ndarray]:
+    device = data.x.device
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.no_grad(), cast:
+        if bn == "recalibrate":
+            _recalibrate(model, stacked, data, vectorized)
+        wrong = torch.zeros(count, dtype=torch.float64, device=device)
+        loss = torch.zeros(count, dtype=torch.float64, device=device)
+        with bn_mode(model, bn == "none", momentum=0.0):
+            for start in range(0, len(data.x), data.batch_size):
+                xb, yb = data.x[start:start + data.batch_size], data.y[start:start + data.batch_size]
+                logits = _forward(model, *stacked, xb, vectorized).float()
+                if logits.shape[0] != count:  # nothing was stacked: every point is the anchor
+                    logits = logits.expand(count, *logits.shape[1:])
+                ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(count), reduction="none")
+                loss += ce.view(count, -1).double().sum(1)
+                wrong += (logits.argmax(-1) != yb).double().sum(1)
+    n = len(data.x)
+    return (wrong / n).cpu().numpy(), (loss / n).cpu().numpy()
+
+
+def evaluate_lines(
+    model: nn.Module,
+    lines: Sequence[Line],
+    data: EvalData,
+    *,
+    bn: str = "recalibrate",
+    chunk: int = 8,
+    vectorize: bool = True,
+    bf16: bool = False,
+) -> Evaluation:
+    """Test error and CE loss of every point of every line (see module docstring).
+
+    ``chunk`` points share one vmapped call; ``vectorize=False`` evaluates point by point;
+    ``bf16`` runs forward passes under bfloat16 autocast (metrics accumulate in float64).
+    """
+    bn = _check_policy(model, bn, data)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    model.to(data.x.device)
+    items = [(i, float(c)) for i, line in enumerate(lines) for c in line.coefs]
+    errors = [np.empty(len(line.coefs)) for line in lines]
+    losses = [np.empty(len(line.coefs)) for line in lines]
+    slots = [(i, j) for i, line in enumerate(lines) for j in range(len(line.coefs))]
+    start_time = time.perf_counter()
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        if not part:
+            continue
+        try:
+            err, loss = _chunk_metrics(model, _stack_chunk(model, lines, part, bn), data, bn, vectorize,
+                                       bf16, len(part))
+        except RuntimeError as exc:
+            if not vectorize:
+                raise
+            warnings.warn(f"vmap failed ({str(exc).splitlines()[0]}); evaluating point by point", stacklevel=2)
+            vectorize = False
+            err, loss = _chunk_metrics(model, _stack_chunk(model, lines, part, bn), data, bn, False,
+                                       bf16, len(part))
+        for k, (i, j) in enumerate(slots[start:start + len(part)]):
+            errors[i][j], losses[i][j] = err[k], loss[k]
+    seconds = time.perf_counter() - start_time
+    return Evaluation(errors, losses, len(items), seconds, vectorize, chunk)
+
+
+def evaluate_point(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    data: EvalData,
+    *,
+    buffers: Mapping[str, Tensor] | None = None,
+    bn: str = "recalibrate",
+) -> tuple[float, float]:
+    """(error, loss) of one parameter set."""
+    result = evaluate_lines(model, [Line(params, {}, [0.0], buffers)], data, bn=bn, chunk=1, vectorize=False)
+    return float(result.error[0][0]), float(result.loss[0][0])
+
+
+def point_buffers(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    data: EvalData,
+    *,
+    buffers: Mapping[str, Tensor] | None = None,
+    bn: str = "recalibrate",
+) -> Params:
+    """The floating-point buffers a point is evaluated with: recalibrated ones, or (``stale``) ``buffers``.
+
+    For eval-mode analyses (activations, Hessian traces); policy ``none`` has no buffers and is refused.
+    """
+    if bn == "none":
+        raise PolicyError("BN policy 'none' keeps no statistics; use 'recalibrate' or 'stale' here")
+    bn = _check_policy(model, bn, data)
+    model.to(data.x.device)
+    stacked = _stack_chunk(model, [Line(params, {}, [0.0], buffers)], [(0, 0.0)], bn)
+    if bn == "recalibrate":
+        _recalibrate(model, stacked, data, vectorized=False)
+    return {n: b[0] for n, b in stacked[2].items()}

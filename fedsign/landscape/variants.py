@@ -1,0 +1,64 @@
+"""Training the converged models the analyses need (§4.2, §6.1), through ``fedsign.training.train_local``.
+
+Variants are a BN-weight initialization (``ones`` / ``uniform`` U(0,1) / ``gaussian`` G(0, 0.1), see
+:func:`fedsign.models.build_model`) and the SGD settings (learning rate, batch size, weight decay).
+The learning rate is constant, as in the platform's local training.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fedsign.data import DatasetSpec, make_batch_transform
+from fedsign.models import build_model
+from fedsign.training import TrainSettings, TrainStats, derive_seed, train_local
+
+State = dict[str, Tensor]
+
+
+def float_state(model: nn.Module) -> State:
+    """A detached copy of the model's floating-point state (parameters and BN statistics)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def build_variant_model(name: str, spec: DatasetSpec, bn_weight_init: str = "ones", seed: int = 0) -> nn.Module:
+    """Model ``name`` for dataset ``spec``, initialized from ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=spec.num_classes, in_channels=spec.channels,
+                       image_size=spec.image_size, bn_weight_init=bn_weight_init)
+
+
+def train_checkpoints(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: DatasetSpec,
+    settings: TrainSettings,
+    checkpoints: Sequence[int],
+    *,
+    seed: int,
+) -> tuple[dict[int, State], list[TrainStats]]:
+    """Train ``model`` in place up to ``max(checkpoints)`` epochs; return its state at each checkpoint epoch.
+
+    Each stretch between two checkpoints is one ``train_local`` call of that many epochs
+    (``settings.epochs`` is ignored) with seed ``derive_seed(seed, first epoch)``, so SGD momentum
+    restarts at every checkpoint.
+    """
+    epochs = sorted(set(int(e) for e in checkpoints))
+    if not epochs or epochs[0] < 1:
+        raise ValueError(f"checkpoint epochs must be positive integers, got {list(checkpoints)}")
+    transform = make_batch_transform(spec, train=True)
+    states: dict[int, State] = {}
+    stats: list[TrainStats] = []
+    done = 0
+    for epoch in epochs:
+        stretch = TrainSettings(epochs=epoch - done, batch_size=settings.batch_size, lr=settings.lr,
+                                momentum=settings.momentum, weight_decay=settings.weight_decay,
+                                grad_clip=settings.grad_clip)
+        stats.append(train_local(model, images, labels, stretch, seed=derive_seed(seed, done), transform=transform))
+        states[epoch] = float_state(model)
+        done = epoch
+    return states, stats

@@ -1,0 +1,19 @@
+"""FedPAN (Li et al., CVPR 2022) on the server: FedAvg's sampling and aggregation.
+
+The algorithm lives in the model: the position-aware neurons (``pan-*`` keys), built into the
+server's model and every client's alike, see ``clients.fedpan``. Clients read their
+hyperparameters from the run config that every node receives, so the server needs none.
+"""
+
+from strategies.fedavg import FedAvg
+
+
+class FedPAN(FedAvg):
+    """FedPAN server: aggregation as :class:`strategies.FedAvg`.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        :class:`strategies.FedAvg`'s constructor arguments (Flower ``FedAvg``'s plus
+        ``weighted`` and ``seed``).
+    """
