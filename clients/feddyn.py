@@ -11,13 +11,13 @@ statistics are not part of theta).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clients.base import ClientAlgorithm, ClientState
 from fedsign.config import RunConfig
-from fedsign.training import LossTerm
 
 STATE_KEY = "feddyn-grad"
 
@@ -51,11 +51,13 @@ class FedDynClient(ClientAlgorithm):
             return {k: torch.zeros_like(g) for k, g in global_params.items()}
         return {k: stored[k].to(device=g.device, dtype=g.dtype) for k, g in global_params.items()}
 
-    def make_term(
+    def term_inputs(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> LossTerm:
-        grad_state, alpha = self.grad_state(global_params, state), config.feddyn_alpha
-        return lambda params, features, x, y: dyn_term(params, global_params, grad_state, alpha)
+    ) -> dict[str, Any]:
+        return {"grad_state": self.grad_state(global_params, state)}
+
+    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+        return dyn_term(params, global_params, inputs["grad_state"], config.feddyn_alpha)
 
     def finish(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from clients.base import ClientAlgorithm, ClientState
+from clients.base import ClientAlgorithm
 from fedsign.config import RunConfig
-from fedsign.training import LossTerm
 
 
 def proximal_term(local: Mapping[str, Tensor], global_: Mapping[str, Tensor], mu: float) -> Tensor:
@@ -21,8 +20,8 @@ class FedProxClient(ClientAlgorithm):
 
     name = "fedprox"
 
-    def make_term(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> LossTerm:
-        mu = config.proximal_mu
-        return lambda params, features, x, y: proximal_term(params, global_params, mu)
+    def term_inputs(self, model, global_params, state, config):
+        return {}
+
+    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+        return proximal_term(params, global_params, config.proximal_mu)

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from clients.base import ClientAlgorithm, ClientState
 from fedsign.config import SIGN_REDUCTIONS, RunConfig
-from fedsign.training import LossTerm
 
 
 def sign_agreement_scores(local: Tensor, global_: Tensor) -> Tensor:
@@ -51,21 +50,17 @@ def sign_term(
     return -gamma * total
 
 
-def sign_loss_term(global_params: dict[str, Tensor], gamma: float, reduction: str) -> LossTerm:
-    """``sign_term`` against the received global model, as a training-loop loss term."""
-    return lambda params, features, x, y: sign_term(params, global_params, gamma, reduction)
-
-
 class FedSignClient(ClientAlgorithm):
     """Local objective CE + ``sign_term`` with gamma = ``fedsign-gamma``,
     R = ``fedsign-reduction``; no state."""
 
     name = "fedsign"
 
-    def make_term(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> LossTerm:
-        return sign_loss_term(global_params, config.fedsign_gamma, config.fedsign_reduction)
+    def term_inputs(self, model, global_params, state, config):
+        return {}
+
+    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+        return sign_term(params, global_params, config.fedsign_gamma, config.fedsign_reduction)
 
 
 class WithSignTerm(ClientAlgorithm):
@@ -91,14 +86,16 @@ class WithSignTerm(ClientAlgorithm):
     def prepare_model(self, model: nn.Module, config: RunConfig) -> None:
         self.inner.prepare_model(model, config)
 
-    def make_term(
+    def term_inputs(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> LossTerm:
-        sign = sign_loss_term(global_params, self.gamma, self.reduction)
-        inner = self.inner.make_term(model, global_params, state, config)
-        if inner is None:
+    ) -> dict[str, Any]:
+        return {"inner": self.inner.term_inputs(model, global_params, state, config)}
+
+    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+        sign = sign_term(params, global_params, self.gamma, self.reduction)
+        if inputs["inner"] is None:
             return sign
-        return lambda params, features, x, y: inner(params, features, x, y) + sign(params, features, x, y)
+        return self.inner.loss_term(model, params, features, x, y, inputs["inner"], global_params, config) + sign
 
     def finish(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig

@@ -29,7 +29,6 @@ from torch.func import functional_call
 
 from clients.base import ClientAlgorithm, ClientState
 from fedsign.config import RunConfig
-from fedsign.training import LossTerm
 
 STATE_KEY = "moon-previous-model"
 
@@ -77,22 +76,22 @@ class MOONClient(ClientAlgorithm):
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
 
-    def make_term(
+    def term_inputs(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> LossTerm:
+    ) -> dict[str, Any]:
+        """The received global model and this client's previous model (the global one on
+        its first round), parameters and buffers."""
         global_model = float_state(model)
         stored = state.get(STATE_KEY)
-        previous_model = None if stored is None else {
+        previous_model = global_model if stored is None else {
             k: v.to(device=global_model[k].device, dtype=global_model[k].dtype) for k, v in stored.items()
         }
-        mu, temperature = config.moon_mu, config.moon_temperature
+        return {"global": global_model, "previous": previous_model}
 
-        def term(params: dict[str, Tensor], features: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            z_global = frozen_features(model, global_model, x)
-            z_previous = z_global if previous_model is None else frozen_features(model, previous_model, x)
-            return mu * moon_contrastive_loss(features, z_global, z_previous, temperature)
-
-        return term
+    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+        z_global = frozen_features(model, inputs["global"], x)
+        z_previous = frozen_features(model, inputs["previous"], x)
+        return config.moon_mu * moon_contrastive_loss(features, z_global, z_previous, config.moon_temperature)
 
     def finish(
         self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig

@@ -13,17 +13,19 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import Tensor, nn
 
-from clients import ClientState, make_client_algorithm
+from clients import ClientAlgorithm, ClientState, make_client_algorithm
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.task import build_run_model, client_data, load_arrays, model_arrays
-from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local
+from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
 
 STATE_PREFIX = "client-state."
 
@@ -111,9 +113,27 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this node's partition and reply with it."""
+@dataclass
+class LocalTraining:
+    """One client's round between receiving the global model and replying (shared by
+    the sequential ``train`` handler and the vectorized engine)."""
+
+    msg: Message
+    context: Context
+    config: RunConfig
+    algorithm: ClientAlgorithm
+    model: nn.Module
+    global_params: dict[str, Tensor]
+    state: ClientState
+    state_key: str
+    fault: str
+    images: Tensor
+    labels: Tensor
+    seed: int
+
+
+def begin_training(msg: Message, context: Context) -> LocalTraining:
+    """Build the model with the received global arrays, this client's state and data."""
     config = run_config(context)
     pid = partition_id(context)
     server_round = int(msg.content["config"]["server-round"])
@@ -123,25 +143,34 @@ def train(msg: Message, context: Context) -> Message:
         fail_before_training(fault, config.round_timeout)
     device = resolve_device(config.device)
     algorithm = make_client_algorithm(config)
-
     model = build_run_model(config, algorithm).to(device)
     load_arrays(model, msg.content["arrays"])
     global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    state = load_state(context, state_key)
-    term = algorithm.make_term(model, global_params, state, config)
-
     images, labels = client_data(config, pid, device)
-    stats = train_local(
-        model, images, labels, train_settings(config),
-        seed=derive_seed(config.seed, server_round, pid),
-        transform=make_batch_transform(DATASETS[config.dataset], train=True),
-        term=term,
-    )
-    extra = algorithm.finish(model, global_params, state, config)
-    save_state(context, state, state_key)
+    return LocalTraining(msg, context, config, algorithm, model, global_params, load_state(context, state_key),
+                         state_key, fault, images, labels, derive_seed(config.seed, server_round, pid))
+
+
+def finish_training(job: LocalTraining, stats: TrainStats) -> Message:
+    """Update the client state and reply with the trained model and its metrics."""
+    extra = job.algorithm.finish(job.model, job.global_params, job.state, job.config)
+    save_state(job.context, job.state, job.state_key)
     metrics = MetricRecord({"num-examples": stats.num_examples, "train_loss": stats.train_loss,
                             "ce_loss": stats.ce_loss, **extra})
-    arrays = model_arrays(model)
-    if fault:
-        arrays = corrupt_reply(fault, arrays)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    arrays = model_arrays(job.model)
+    if job.fault:
+        arrays = corrupt_reply(job.fault, arrays)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=job.msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition and reply with it."""
+    job = begin_training(msg, context)
+    stats = train_local(
+        job.model, job.images, job.labels, train_settings(job.config),
+        seed=job.seed,
+        transform=make_batch_transform(DATASETS[job.config.dataset], train=True),
+        term=job.algorithm.make_term(job.model, job.global_params, job.state, job.config),
+    )
+    return finish_training(job, stats)

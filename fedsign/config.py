@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 STRATEGIES = ("fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign")
-ENGINES = ("inprocess",)
+ENGINES = ("inprocess", "vectorized")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_STYLES = ("per-class", "per-client")
 PAN_OPS = ("mul", "add")

@@ -25,6 +25,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsign.config import RunConfig
 from fedsign.faults import refuse_crash_faults
 from fedsign.results import RunResults
+from fedsign.vectorized import VectorizedGrid, vectorization_problem
+
+
+def error_reply(msg: Message, err: Exception) -> Message:
+    """The reply Flower's simulation engine gives when a ClientApp raises."""
+    reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 class InProcessGrid(Grid):
@@ -116,8 +123,7 @@ class InProcessGrid(Grid):
         try:
             reply.append(self.client_app(msg, context))
         except Exception as err:  # a failing client must not stop the round
-            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-            reply.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg))
+            reply.append(error_reply(msg, err))
 
     def client_states(self) -> dict[int, RecordDict]:
         """Every node's ``context.state`` by partition id (checkpoints keep them)."""
@@ -135,5 +141,16 @@ def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
     from fedsign.server import run_server
 
     refuse_crash_faults(config, "the in-process engine")
-    grid = InProcessGrid(client_app, config.num_clients, config.to_dict())
+    grid_class = InProcessGrid
+    if config.engine == "vectorized":
+        problem = vectorization_problem(config)
+        if problem is None:
+            grid_class = VectorizedInProcessGrid
+        else:
+            print(f"vectorized engine: running clients sequentially: {problem}", flush=True)
+    grid = grid_class(client_app, config.num_clients, config.to_dict())
     return run_server(grid, config, progress=progress)
+
+
+class VectorizedInProcessGrid(VectorizedGrid, InProcessGrid):
+    """The in-process grid whose train rounds run all clients at once (``engine='vectorized'``)."""

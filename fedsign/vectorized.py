@@ -147,3 +147,106 @@ def _sgd_step(p: dict[str, Tensor], g: dict[str, Tensor], m: dict[str, Tensor], 
             new_m[n] = m[n]
         new_p[n] = p[n] - s.lr * v
     return new_p, new_m
+
+
+class VectorizationError(RuntimeError):
+    """This round's clients cannot be trained as one batched computation."""
+
+
+def vectorization_problem(config) -> str | None:
+    """Why ``config`` cannot run vectorized (None when it can)."""
+    from fedsign.faults import parse_fail_partitions
+
+    faults = parse_fail_partitions(config.fail_partitions, config.num_clients)
+    if any(mode == "hang" for entries in faults.values() for mode, _ in entries):
+        return "fail-partitions 'hang' needs per-client timeouts, which only the sequential engine enforces"
+    return None
+
+
+class VectorizedGrid:
+    """Mixin for :class:`fedsign.engine.InProcessGrid`: a round's train messages run as one
+    batched computation (chunks of ``chunk_size`` clients; 0 = all, halved on CUDA
+    out-of-memory). Every other message type, and a round whose batched step fails, runs
+    sequentially through the ClientApp; a fallback prints one line saying why."""
+
+    chunk_size: int = 0
+    fallback_reason: str | None = None
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import MessageType
+
+        messages = list(messages)
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if not train or self.fallback_reason is not None:
+            return super().send_and_receive(messages, timeout=timeout)
+        others = [m for m in messages if m.metadata.message_type != MessageType.TRAIN]
+        replies = list(super().send_and_receive(others, timeout=timeout)) if others else []
+        return replies + self._train_round(train)
+
+    def _train_round(self, messages):
+        from uuid import uuid4
+
+        from fedsign.client_app import begin_training
+        from fedsign.engine import error_reply
+
+        jobs, replies = [], []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            try:
+                jobs.append(begin_training(msg, self.contexts[msg.metadata.dst_node_id]))
+            except Exception as err:  # the client failed before training: an error reply
+                replies.append(error_reply(msg, err))
+        if not jobs:
+            return replies
+        try:
+            return replies + self._train_jobs(jobs)
+        except VectorizationError as err:
+            self.fallback_reason = str(err)
+            print(f"vectorized engine: falling back to sequential clients: {err}", flush=True)
+            return replies + list(super().send_and_receive([j.msg for j in jobs], timeout=None))
+
+    def _train_jobs(self, jobs):
+        from fedsign.client_app import finish_training, train_settings
+        from fedsign.data import DATASETS, make_batch_transform
+
+        first = jobs[0]
+        config, algorithm, model = first.config, first.algorithm, first.model
+        settings = train_settings(config)
+        transform = make_batch_transform(DATASETS[config.dataset], train=True)
+        global_params = {k: v.detach() for k, v in first.global_params.items()}
+        buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+        inputs = [j.algorithm.term_inputs(j.model, j.global_params, j.state, j.config) for j in jobs]
+        term = None
+        if inputs[0] is not None:
+            def term(p, f, x, y, client_in, shared):
+                return algorithm.loss_term(model, p, f, x, y, client_in, shared, config)
+
+        replies = []
+        chunk = self.chunk_size or len(jobs)
+        start = 0
+        while start < len(jobs):
+            part = slice(start, start + chunk)
+            client_jobs = [ClientJob(j.images, j.labels, j.seed, inputs[i] if inputs[i] is not None else {})
+                           for i, j in enumerate(jobs[part], start)]
+            try:
+                params, new_buffers, stats = train_clients(model, global_params, buffers, client_jobs, settings,
+                                                           transform, term, global_params)
+            except torch.cuda.OutOfMemoryError:
+                if chunk == 1:
+                    raise VectorizationError("one client's batched step does not fit in GPU memory") from None
+                chunk = max(1, chunk // 2)
+                torch.cuda.empty_cache()
+                continue
+            except (RuntimeError, NotImplementedError) as err:
+                raise VectorizationError(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+            for c, job in enumerate(jobs[part]):
+                with torch.no_grad():
+                    for name, p in job.model.named_parameters():
+                        p.copy_(params[name][c])
+                    for name, b in job.model.named_buffers():
+                        b.copy_(new_buffers[name][c])
+                replies.append(finish_training(job, stats[c]))
+            start += chunk
+        return replies
+
+
