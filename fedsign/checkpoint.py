@@ -26,8 +26,8 @@ from fedsign.results import OutDirError, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
-# Keys a resumed run may change: they do not alter what the remaining rounds compute.
-RESUMABLE_CHANGES = ("resume", "device", "round-timeout", "checkpoint-every")
+# Keys a resumed run may change (the out-dir may move): they do not alter what the remaining rounds compute.
+RESUMABLE_CHANGES = ("resume", "out-dir", "device", "round-timeout", "checkpoint-every")
 
 
 class CheckpointError(OutDirError):

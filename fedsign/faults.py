@@ -88,5 +88,5 @@ def corrupt_reply(mode: str, arrays: ArrayRecord) -> ArrayRecord:
         items = list(arrays.items())
         first, array = items[0]
         return ArrayRecord({first: Array(array.numpy().reshape(-1)[:-1].copy()),
-                            **{k: a for k, a in items[1:]}})
+                            **dict(items[1:])})
     return arrays

@@ -21,6 +21,7 @@ and stops them by PID.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -34,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedsign.cli import PROJECT_DIR, CLIError, flower_env, load_config
 from fedsign.checkpoint import resume_point
+from fedsign.cli import PROJECT_DIR, CLIError, flower_env, load_config
 from fedsign.results import RunResults
 
 MARKER = "FEDSIGN_FEDERATION"
@@ -94,10 +95,8 @@ class Federation:
         stopped = self.processes()
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             for pid in self.processes():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while self.processes() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -132,7 +131,7 @@ def make_certificates(certs: Path, names: list[str], days: int = 365) -> None:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     sans = list(dict.fromkeys([*names, "localhost", LOOPBACK]))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FedSign federation CA")])
     ca_cert = (
@@ -159,8 +158,8 @@ def make_certificates(certs: Path, names: list[str], days: int = 365) -> None:
         .sign(ca_key, hashes.SHA384())
     )
     pem = serialization.Encoding.PEM
-    private = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
-                   encryption_algorithm=serialization.NoEncryption())
+    private = {"encoding": pem, "format": serialization.PrivateFormat.PKCS8,
+               "encryption_algorithm": serialization.NoEncryption()}
     _write_private(certs / "ca.key", ca_key.private_bytes(**private))
     _write_private(certs / "server.key", server_key.private_bytes(**private))
     (certs / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
@@ -423,7 +422,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     for key in keys:  # check every key before starting any node
         if key is not None:
             check_node_key(key)
-    for offset, (pid, key) in enumerate(zip(ids, keys)):
+    for offset, (pid, key) in enumerate(zip(ids, keys, strict=True)):
         start_supernode(fed, args.superlink, pid, args.num_partitions, key=key, ca_cert=ca_cert,
                         runtime_port=args.runtime_port + offset, data_dir=args.data_dir)
     return 0

@@ -68,7 +68,7 @@ def _train(grid: InProcessGrid, arrays, server_round: int):
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a.keys())
+    return all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 @pytest.mark.parametrize("strategy", ["feddyn", "moon"])

@@ -37,7 +37,7 @@ def _replies(sent: list[Message], arrays: ArrayRecord, kinds: list[str]) -> list
     """One reply per sent message: 'good' (arrays + noise) or a bad kind."""
     rng = np.random.default_rng(0)
     replies = []
-    for msg, kind in zip(sent, kinds):
+    for msg, kind in zip(sent, kinds, strict=True):
         if kind == "error":
             replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=msg))
             continue
@@ -74,9 +74,9 @@ def test_every_strategy_drops_bad_replies_and_keeps_the_model_finite(strategy):
 
     clean = make_strategy(config)  # the same strategy given only the good replies
     sent_clean = list(clean.configure_train(1, arrays, ConfigRecord(), grid))
-    good = [r for r, kind in zip(_replies(sent_clean, arrays, kinds), kinds) if kind == "good"]
+    good = [r for r, kind in zip(_replies(sent_clean, arrays, kinds), kinds, strict=True) if kind == "good"]
     expected, _ = clean.aggregate_train(1, good)
-    for key in arrays.keys():
+    for key in arrays:
         np.testing.assert_array_equal(result[key].numpy(), expected[key].numpy())
 
 

@@ -199,6 +199,10 @@ def _stack_chunk(
             b = b + c * line.buffer_direction[n]
         return b
 
+    fixed = {n: b.detach().clone() for n, b in own.items() if not b.is_floating_point()}
+    same_buffers = all(lines[i].buffers is first.buffers and lines[i].buffer_direction is None for i, _ in part)
+    if bn == "stale" and same_buffers:  # read-only and equal for every point: no need to stack them
+        return params, shared, {}, {**fixed, **{n: buffer(part[0][0], 0.0, n) for n in float_names}}
     buffers = {n: torch.stack([buffer(i, c, n) for i, c in part]) for n in float_names}
     if bn == "recalibrate":
         for m_name, m in model.named_modules():
@@ -206,7 +210,6 @@ def _stack_chunk(
                 prefix = f"{m_name}." if m_name else ""
                 buffers[prefix + "running_mean"].zero_()
                 buffers[prefix + "running_var"].fill_(1.0)
-    fixed = {n: b.detach().clone() for n, b in own.items() if not b.is_floating_point()}
     return params, shared, buffers, fixed
 
 
@@ -283,8 +286,6 @@ def evaluate_lines(
     start_time = time.perf_counter()
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
-        if not part:
-            continue
         try:
             err, loss = _chunk_metrics(model, _stack_chunk(model, lines, part, bn), data, bn, vectorize,
                                        bf16, len(part))
@@ -326,11 +327,13 @@ def point_buffers(
 
     For eval-mode analyses (activations, Hessian traces); policy ``none`` has no buffers and is refused.
     """
+    bn = _check_policy(model, bn, data)
     if bn == "none":
         raise PolicyError("BN policy 'none' keeps no statistics; use 'recalibrate' or 'stale' here")
-    bn = _check_policy(model, bn, data)
     model.to(data.x.device)
+    if bn == "stale":
+        own = {n: b.detach() for n, b in model.named_buffers() if b.is_floating_point()}
+        return {**own, **(buffers or {})}
     stacked = _stack_chunk(model, [Line(params, {}, [0.0], buffers)], [(0, 0.0)], bn)
-    if bn == "recalibrate":
-        _recalibrate(model, stacked, data, vectorized=False)
+    _recalibrate(model, stacked, data, vectorized=False)
     return {n: b[0] for n, b in stacked[2].items()}
