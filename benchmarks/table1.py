@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import shutil
 import statistics
 import subprocess
@@ -63,8 +64,8 @@ PRESETS = {
     # Reduced to finish on 2 CPU cores in about two hours, on real data (Fashion-MNIST).
     "cpu": Preset(
         datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2), gammas=(0.001, 0.01, 0.1),
-        common="model='cnn' num-clients=20 clients-per-round=5 num-rounds=10 local-epochs=1 "
-               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=1",
+        common="model='cnn' num-clients=100 clients-per-round=5 num-rounds=10 local-epochs=1 "
+               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=2",
     ),
 }
 
@@ -94,13 +95,16 @@ class Cell:
 
 
 def cells(preset: Preset, methods: tuple[str, ...]) -> list[Cell]:
+    """Every cell, seed-major, so a partial sweep already has whole rows for its first seeds."""
     grid = []
-    for dataset in preset.datasets:
-        for alpha in preset.alphas:
-            for method in methods:
-                gammas = preset.gammas if method == "fedsign" else (None,)
-                for gamma in gammas:
-                    grid.extend(Cell(dataset, alpha, method, s, gamma) for s in preset.seeds_for(method))
+    for seed in sorted({s for m in methods for s in preset.seeds_for(m)}):
+        for dataset in preset.datasets:
+            for alpha in preset.alphas:
+                for method in methods:
+                    if seed not in preset.seeds_for(method):
+                        continue
+                    for gamma in preset.gammas if method == "fedsign" else (None,):
+                        grid.append(Cell(dataset, alpha, method, seed, gamma))
     return grid
 
 
@@ -108,6 +112,7 @@ def run_cell(overrides: str, engine: str) -> None:
     if engine == "inprocess":
         from fedsign.engine import run_inprocess
 
+        logging.getLogger("flwr").setLevel(logging.WARNING)
         run_inprocess(RunConfig.from_overrides(overrides).resolved(), progress=False)
     else:
         subprocess.run([sys.executable, "-m", "fedsign.cli", "simulate", "--run-config", overrides], check=True,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import signal
@@ -34,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsign.engine import run_inprocess
 
     config = load_config(args.run_config)
+    if not args.verbose:  # Flower's per-round INFO lines would break the progress bar
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     run_inprocess(config, progress=not args.quiet)
     return 0
 
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run in this process (no Ray)")
     add_run_config(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--verbose", action="store_true", help="show Flower's INFO log lines")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("simulate", help="run with flwr run on the Ray simulation engine")

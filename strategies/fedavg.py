@@ -12,6 +12,7 @@ function, so identical results for the same replies) and adds:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -45,8 +46,15 @@ class FedAvg(FlowerFedAvg):
 
     def __init__(self, *args: Any, weighted: bool = True, seed: int = 0, min_replies: int = 1,
                  **kwargs: Any) -> None:
-        kwargs.setdefault("fraction_evaluate", 0.0)
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("fraction_evaluate", 0.0)  # the server evaluates centrally
+        flwr_logger = logging.getLogger("flwr")
+        level = flwr_logger.level
+        if kwargs["fraction_evaluate"] == 0.0:  # Flower warns about exactly this choice
+            flwr_logger.setLevel(logging.ERROR)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            flwr_logger.setLevel(level)
         self.weighted = weighted
         self.min_replies = min_replies
         self.rng = random.Random(seed)

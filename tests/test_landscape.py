@@ -10,8 +10,19 @@ import torch.nn.functional as F
 from fedsign.cli import main
 from fedsign.data import DATASETS, load_dataset, make_batch_transform
 from fedsign.landscape import (
-    Line, evaluate_lines, evaluate_point, interpolation, make_directions, model_state, normalize,
-    point_buffers, prepare_data, ratio_noise, select_parameters, sign_consistency, special_direction,
+    Line,
+    evaluate_lines,
+    evaluate_point,
+    interpolation,
+    make_directions,
+    model_state,
+    normalize,
+    point_buffers,
+    prepare_data,
+    ratio_noise,
+    select_parameters,
+    sign_consistency,
+    special_direction,
     valley_curves,
 )
 from fedsign.landscape.directions import direction_seed, draw_noise, make_direction
@@ -19,11 +30,18 @@ from fedsign.landscape.groups import GroupError
 from fedsign.landscape.hessian import hutchinson_trace
 from fedsign.landscape.soups import soup_record
 from fedsign.landscape.theory import (
-    clipped_log_loss, digits_softmax, relu_simulation, softmax_gradient, softmax_hessian, softmax_hessian_quadratic,
-    softmax_hessian_trace, softmax_metrics, softmax_probs,
+    clipped_log_loss,
+    digits_softmax,
+    relu_simulation,
+    softmax_gradient,
+    softmax_hessian,
+    softmax_hessian_quadratic,
+    softmax_hessian_trace,
+    softmax_metrics,
+    softmax_probs,
 )
 from fedsign.landscape.variants import build_variant_model, float_state, train_checkpoints
-from fedsign.models import build_model, parameter_groups
+from fedsign.models import parameter_groups
 from fedsign.training import TrainSettings, evaluate
 
 DIGITS = DATASETS["digits"]

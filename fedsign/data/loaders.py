@@ -266,11 +266,12 @@ _DECODERS = {"digits": _decode_digits, "idx": _decode_idx, "cifar10-pickle": _de
 
 def _source_files(src: _Source) -> tuple[str, list[Path]]:
     """(key prefix, files whose size/mtime identify the source) for the cache key."""
-    if src.kind == "digits":
-        import sklearn
-        import sklearn.datasets
+    if src.kind == "digits":  # located without importing scikit-learn (seconds per process)
+        from importlib.metadata import version
+        from importlib.util import find_spec
 
-        return f"sklearn{sklearn.__version__}", [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
+        package = Path(find_spec("sklearn").origin).parent
+        return f"sklearn{version('scikit-learn')}", [package / "datasets" / "data" / "digits.csv.gz"]
     p = src.path
     files = {"idx": lambda: [_idx_file(p, s) for s in _IDX_STEMS.values()],
              "cifar10-pickle": lambda: [p / f for f in _CIFAR10_FILES[:6]],

@@ -76,9 +76,8 @@ def load_run(path: str | Path, device: torch.device) -> LoadedRun:
     model.load_state_dict({**params, **buffers}, strict=False)
     model.to(device)
     data = load_dataset(config.dataset, config.data_dir or None)
-    to = functools.partial(_to_device, device=device)
-    return LoadedRun(run_dir, config, model, to(params), to(buffers), to(init), DATASETS[config.dataset],
-                     data.train_x, data.test_x, data.test_y)
+    return LoadedRun(run_dir, config, model, _to_device(params, device), _to_device(buffers, device),
+                     _to_device(init, device), DATASETS[config.dataset], data.train_x, data.test_x, data.test_y)
 
 
 def _to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -107,11 +106,10 @@ def _device(args: argparse.Namespace) -> torch.device:
         raise CLIError(str(err)) from None
 
 
-def _out_dir(args: argparse.Namespace, run_path: str | Path | None = None) -> Path:
+def _out_dir(args: argparse.Namespace, run_path: str | Path) -> Path:
+    """``--out``, else ``<run dir>/landscape``."""
     if args.out:
         return Path(args.out)
-    if run_path is None:
-        raise CLIError("--out is required for this command")
     path = Path(run_path)
     return (path.parent if path.suffix == ".safetensors" else path) / "landscape"
 
@@ -134,9 +132,9 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 1,2,5, got {text!r}") from None
 
 
-def _config(args: argparse.Namespace, **extra) -> dict:
+def _config(args: argparse.Namespace) -> dict:
     """The record's ``config``: the command's arguments (without the handler)."""
-    return {**{k: v for k, v in vars(args).items() if k != "func"}, **extra}
+    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 def _evaluation(args: argparse.Namespace, device: torch.device) -> dict:
@@ -193,7 +191,7 @@ def _title(run: LoadedRun, args: argparse.Namespace) -> str:
             f"{args.norm.upper()} noise, {bn}")
 
 
-def _training_config(args: argparse.Namespace, out_dir: str, epochs: int):
+def _training_config(args: argparse.Namespace, out_dir: str, epochs: int) -> RunConfig:
     """The RunConfig written to a landscape training directory (so it loads like a platform run)."""
     return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, num_clients=1,
                      clients_per_round=1, num_rounds=1, local_epochs=epochs, batch_size=args.batch_size,
@@ -264,10 +262,10 @@ def cmd_curves(args: argparse.Namespace) -> int:
     for metric in ("error", "loss"):
         paths.append(plots.plot_valleys(record, rows, out / f"{args.name}_{metric}.png", metric, _title(run, args)))
     print(f"{'direction':<22}" + "".join(f"  asym(s={s:g})" for s in args.scales) + "   err(λ=-1)  err(λ=+1)")
-    for name, curve in record["curves"].items():
+    for curve in record["curves"].values():
         per_scale = list(curve["scales"].values())
-        print(f"{curve['label']:<22}" + "".join(f"  {c['asymmetry']['error']['asymmetry']:+11.4f}" for c in per_scale)
-              + f"   {per_scale[-1]['error'][0]:9.4f}  {per_scale[-1]['error'][-1]:9.4f}")
+        asym = "".join(f"  {c['asymmetry']['error']['asymmetry']:+11.4f}" for c in per_scale)
+        print(f"{curve['label']:<22}{asym}   {per_scale[-1]['error'][0]:9.4f}  {per_scale[-1]['error'][-1]:9.4f}")
     _print_timing(record["timing"])
     _print_written(paths)
     return 0
@@ -275,7 +273,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 def _print_timing(t: dict) -> None:
     mode = "vmap" if t["vectorized"] else "loop"
-    print(f"{t['points']} points in {t['seconds']:.1f} s: {t['points_per_second']:.2f} points/s ({mode}, chunk {t['chunk']})")
+    print(f"{t['points']} points in {t['seconds']:.1f} s: {t['points_per_second']:.2f} points/s "
+          f"({mode}, chunk {t['chunk']})")
 
 
 def cmd_ratio(args: argparse.Namespace) -> int:

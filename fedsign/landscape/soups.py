@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .curves import lambda_grid, timing
-from .evaluate import EvalData, Line, evaluate_lines, split_state
 from .directions import difference
+from .evaluate import EvalData, Line, evaluate_lines, split_state
 from .signs import sign_consistency
 from .variants import State
 
