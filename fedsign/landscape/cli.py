@@ -414,10 +414,8 @@ def cmd_relu_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_activations(args: argparse.Namespace) -> int:
-    """Fig. 28: activation confusion matrices along a direction."""
-    from .activations import activation_confusion
-
+def _run_data_direction(args: argparse.Namespace):
+    """The run, its evaluation data and ``args.direction`` over ``args.group`` (normalized)."""
     device = _device(args)
     run = load_run(args.run, device)
     data = eval_data(run, args, device)
@@ -425,6 +423,14 @@ def cmd_activations(args: argparse.Namespace) -> int:
     theta = {n: run.params[n] for n in names}
     direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
                                 theta0={n: run.init[n] for n in names})[args.direction]
+    return run, data, direction
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    """Fig. 28: activation confusion matrices along a direction."""
+    from .activations import activation_confusion
+
+    run, data, direction = _run_data_direction(args)
     record = activation_confusion(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers,
                                   bn=args.bn, samples=args.samples)
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), **record}
@@ -442,13 +448,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     """Hutchinson trace of the CE Hessian (w.r.t. a parameter group) along a direction."""
     from .hessian import trace_curve
 
-    device = _device(args)
-    run = load_run(args.run, device)
-    data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group)
-    theta = {n: run.params[n] for n in names}
-    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
-                                theta0={n: run.init[n] for n in names})[args.direction]
+    run, data, direction = _run_data_direction(args)
     record = trace_curve(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers, bn=args.bn,
                          probes=args.probes, samples=args.samples, seed=args.seed)
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group, **record}
