@@ -1,10 +1,11 @@
 """Per-round wall time of the engines against the raw compute of the same local steps.
 
-For each client count it runs the same config three ways and prints one table:
+For each client count it runs the same config four ways and prints one table:
 
 - ``raw``: the same clients' ``train_local`` calls in a plain loop (one model object, no
   Flower messages, no array conversions, no evaluation) — the compute floor;
 - ``inprocess``: ``fedsign run`` (Flower Messages through the in-process Grid);
+- ``vectorized``: ``fedsign run`` with ``engine='vectorized'`` (a round's clients at once);
 - ``ray``: ``fedsign simulate`` (``flwr run`` on the Ray simulation engine).
 
 Overhead per round = engine round seconds (server-side, from metrics.csv, evaluation
@@ -133,22 +134,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
             overrides = base_overrides(n, args.rounds, args.extra)
-            config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/in{n}'").resolved()
+            config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/raw{n}'").resolved()
             raw = raw_round_seconds(config)
             rows.append({"clients": n, "engine": "raw", "round_s": raw, "overhead_s": 0.0,
                          "clients_per_s": n / raw, "wall_s": None,
                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-            start = time.perf_counter()
-            run_inprocess(config, progress=False)
-            inproc = engine_round_seconds(Path(config.out_dir))
-            rows.append({"clients": n, "engine": "inprocess", "round_s": inproc, "overhead_s": inproc - raw,
-                         "clients_per_s": n / inproc, "wall_s": time.perf_counter() - start,
-                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            for engine in ("inprocess", "vectorized"):
+                run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}{n}")
+                start = time.perf_counter()
+                run_inprocess(run_config, progress=False)
+                seconds = engine_round_seconds(Path(run_config.out_dir))
+                rows.append({"clients": n, "engine": engine, "round_s": seconds, "overhead_s": seconds - raw,
+                             "clients_per_s": n / seconds, "wall_s": time.perf_counter() - start,
+                             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
             if not args.skip_ray:
                 ray, wall, rss = run_ray(overrides, Path(tmp) / f"ray{n}")
                 rows.append({"clients": n, "engine": "ray", "round_s": ray, "overhead_s": ray - raw,
                              "clients_per_s": n / ray, "wall_s": wall, "peak_rss_mb": rss})
-            for row in rows[-3:]:
+            for row in rows[-4 if not args.skip_ray else -3:]:
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
     out = Path(args.out)

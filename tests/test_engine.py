@@ -72,9 +72,12 @@ def test_short_run_on_real_cifar10_jpeg(tmp_path):
     assert row["num_replies"] == 2 and 0.0 <= row["accuracy"] <= 1.0 and row["loss"] > 0
 
 
-def test_ray_simulation_equals_inprocess(tmp_path):
-    """One `flwr run` on Ray: same config and seed give the in-process model within 1e-6."""
-    overrides = SMALL.replace("num-rounds=3", "num-rounds=2")
+@pytest.mark.flower
+@pytest.mark.parametrize("strategy", ["moon", "fedsign"])
+def test_ray_simulation_equals_inprocess(tmp_path, strategy):
+    """One `flwr run` on Ray per strategy: same config and seed give the in-process model within 1e-6
+    (MOON also carries each client's previous model across rounds in the nodes' context)."""
+    overrides = SMALL.replace("num-rounds=3", "num-rounds=2").replace("strategy='fedavg'", f"strategy='{strategy}'")
     ray_out = tmp_path / "ray"
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     proc = subprocess.run(
