@@ -81,10 +81,9 @@ def sign_tracking(
 
     sent = tensors(previous)
     row = {_ssr_key("ssr_global", g): v for g, v in sign_consistency(sent, tensors(new), groups).items()}
-    if client_arrays:
-        per_client = [sign_consistency(sent, tensors(a), groups) for a in client_arrays]
-        for g in per_client[0]:
-            row[_ssr_key("ssr_clients", g)] = sum(c[g] for c in per_client) / len(per_client)
+    if client_arrays:  # stacked: one comparison per parameter for all clients (their mean SSR)
+        clients = {k: torch.stack([torch.from_numpy(a[k].numpy()) for a in client_arrays]) for k in sent}
+        row.update({_ssr_key("ssr_clients", g): v for g, v in sign_consistency(sent, clients, groups).items()})
     return row
 
 

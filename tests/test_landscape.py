@@ -373,3 +373,14 @@ def test_cli_train_curves_interpolate_bench(tmp_path, capsys):
     assert main(["landscape", "curves", str(run), "--group", "nope", *common]) == 2
     assert capsys.readouterr().err.strip().startswith("error: parameter group 'nope' selects no parameter")
     assert main(["landscape", "curves", str(tmp_path), *common]) == 2
+
+
+def test_sign_consistency_of_stacked_models_is_their_mean_ssr():
+    g = torch.Generator().manual_seed(0)
+    ref = {"w": torch.randn(5, 4, generator=g), "b": torch.randn(3, generator=g)}
+    others = [{k: torch.randn(v.shape, generator=g) for k, v in ref.items()} for _ in range(4)]
+    groups = {"w": "other_weight", "b": "other_bias"}
+    single = [sign_consistency(ref, o, groups) for o in others]
+    stacked = sign_consistency(ref, {k: torch.stack([o[k] for o in others]) for k in ref}, groups)
+    for group, value in stacked.items():
+        assert value == pytest.approx(sum(s[group] for s in single) / len(single))

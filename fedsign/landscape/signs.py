@@ -23,13 +23,14 @@ def sign_consistency(
 
     Returns ``{"all": ratio}`` over the keys both dicts share, plus one ratio per group
     when ``groups`` maps names to group labels (names missing from it are counted in
-    ``all`` only).
+    ``all`` only). ``b``'s tensors may carry a leading dimension stacking several models
+    of ``a``'s shapes: the ratio is then pooled over them, which is their mean SSR.
     """
     same: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
     for name in a.keys() & b.keys():
-        agree = int(sign_agreement(a[name], b[name]).sum())
-        count = a[name].numel()
+        same_sign = sign_agreement(a[name], b[name])
+        agree, count = int(same_sign.sum()), same_sign.numel()
         same["all"] += agree
         total["all"] += count
         if groups is not None and name in groups:

@@ -1,0 +1,374 @@
+"""The paper's landscape figures (Figs. 3, 4, 5, 7, 8, 11, 29) at reduced scale on real MNIST.
+
+Every model is trained here through ``fedsign.landscape.variants`` (i.e. ``fedsign.training.train_local``)
+and analysed with ``fedsign.landscape``; noise goes to ALL parameters, NS-normalized unless stated, and BN
+statistics are recalibrated at every point (paper A.3). Seeded throughout (``--seed``).
+
+- Fig. 3: valleys of the small ``cnn`` along the 7 common noises and their sign-consistent versions.
+- Fig. 4: mean test error of the positive / negative side against the ratio r of sign-consistent elements.
+- Fig. 5: the 6 special directions (theta_0, theta_f, sign, sign - mu, sgp, sgp - mu).
+- Fig. 7: ``resnet20`` (the BN net that takes 28x28 inputs) with BN weights initialized to ones, U(0,1) and
+  G(0,0.1): BN-weight histograms and the valleys along {0,1} noise, NS and Filter-NS.
+- Fig. 8: interpolation of two ``cnn`` s trained from one initialization with batch size 32 and 256,
+  per-group statistics and sign consistency.
+- Fig. 11: model soups: two ``cnn`` s from one initialization trained on the two halves of the data, with
+  checkpoints; interpolation accuracy, SSR-IA/IB/AB and the gap Acc(soup) - mean Acc.
+- Fig. 29: Listing 2, softmax regression on sklearn digits (no training scale involved).
+
+Writes ``fig*.png`` and ``numbers.json`` (settings, seeds, accuracies, asymmetry scores, SSRs, gaps, the
+curves and timings) to ``--out`` and prints a summary table.
+
+    python benchmarks/landscape_figures.py            # ~5-10 min on 2 shared cores
+    python benchmarks/landscape_figures.py --quick    # ~2 min smoke version (writes to runs/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedsign.data import DatasetSpec, load_dataset, make_batch_transform  # noqa: E402
+from fedsign.landscape import (DIRECTION_SETS, EvalData, asymmetry, evaluate_point, interpolation,  # noqa: E402
+                               lambda_grid, make_directions, prepare_data, ratio_sweep, select_parameters,
+                               sign_consistency, split_state, valley_curves)
+from fedsign.landscape import plots  # noqa: E402
+from fedsign.landscape.curves import group_stats  # noqa: E402
+from fedsign.landscape.records import write_record  # noqa: E402
+from fedsign.landscape.soups import soup_record, split_halves  # noqa: E402
+from fedsign.landscape.theory import digits_demo  # noqa: E402
+from fedsign.landscape.variants import State, build_variant_model, float_state, train_checkpoints  # noqa: E402
+from fedsign.models import BN_WEIGHT_INITS, parameter_groups  # noqa: E402
+from fedsign.training import TrainSettings, derive_seed  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "landscape"
+QUICK_OUT = ROOT / "runs" / "landscape-quick"
+BN = "recalibrate"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of everything: training images and epochs per figure, evaluation sizes, grids."""
+
+    train_samples: int  # cnn of Figs. 3-5 and the two models of Fig. 8
+    epochs: int
+    bn_train_samples: int  # resnet20 of Fig. 7
+    bn_epochs: int
+    soup_samples: int  # split into two halves (Fig. 11)
+    soup_epochs: tuple[int, ...]
+    test_samples: int
+    recal_samples: int
+    points: int  # λ points in [-1, 1]
+    interp_points: int  # λ points in [-1, 2] (Fig. 8)
+    ratios: int  # r in linspace(0, 1, ratios) (Fig. 4)
+    digits_draws: int
+
+
+FULL = Scale(10000, 3, 3000, 2, 6000, (1, 2, 4), 500, 256, 11, 31, 11, 10)
+QUICK = Scale(2000, 1, 600, 1, 2000, (1, 2), 200, 128, 7, 13, 6, 3)
+
+# SGD settings (momentum 0.9, weight decay 5e-4 as the paper's §4.2; batch 256 its default).
+CNN = TrainSettings(epochs=1, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4)
+CNN_SMALL_BATCH = replace(CNN, batch_size=32)  # the other model of Fig. 8
+RESNET = TrainSettings(epochs=1, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4)
+SOUP = replace(CNN, batch_size=64)
+VALLEY_SCALES = (0.2, 1.0, 2.0)
+BN_SCALES = (0.2, 1.0)
+
+
+@dataclass
+class Trained:
+    """A trained model: the module (holding the final state), its parameters, buffers and theta_0."""
+
+    model: torch.nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    init: dict[str, Tensor]
+    seconds: float
+
+
+def train(name: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int, seed: int,
+          bn_weight_init: str = "ones") -> Trained:
+    """Build ``name`` from ``seed`` and train it for ``epochs`` epochs through ``train_local``."""
+    model = build_variant_model(name, spec, bn_weight_init, seed=seed)
+    init = float_state(model)
+    start = time.perf_counter()
+    states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1))
+    params, buffers = split_state(model, states[epochs])
+    return Trained(model, params, buffers, split_state(model, init)[0], time.perf_counter() - start)
+
+
+def accuracy(t: Trained, data: EvalData) -> float:
+    return 1.0 - evaluate_point(t.model, t.params, data, buffers=t.buffers, bn=BN)[0]
+
+
+def curve_options(t: Trained, points: int) -> dict:
+    """valley_curves / ratio_sweep options: point-by-point evaluation (faster than vmap on a CPU)."""
+    return {"lambdas": lambda_grid(points), "buffers": t.buffers, "bn": BN, "vectorize": False}
+
+
+def valley_summary(record: dict, directions: dict, theta: dict) -> dict:
+    """Per direction: its sign consistency with theta and the error asymmetry per scale."""
+    return {name: {"label": c["label"], "ssr": sign_consistency(directions[name], theta)["all"],
+                   "asymmetry": {s: v["asymmetry"]["error"]["asymmetry"] for s, v in c["scales"].items()},
+                   "error_at_-1": {s: v["error"][0] for s, v in c["scales"].items()},
+                   "error_at_+1": {s: v["error"][-1] for s, v in c["scales"].items()}}
+            for name, c in record["curves"].items()}
+
+
+def fig_valleys(t: Trained, data: EvalData, rows: list[list[str]], scale: Scale, seed: int, path: Path,
+                title: str) -> dict:
+    """Figs. 3 and 5: valleys along the named directions over ALL parameters."""
+    names = select_parameters(t.model, "ALL")
+    theta = {n: t.params[n] for n in names}
+    directions = make_directions([d for row in rows for d in row], theta, seed, theta0=t.init)
+    record = valley_curves(t.model, t.params, directions, data, scales=VALLEY_SCALES,
+                           **curve_options(t, scale.points))
+    plots.plot_valleys(record, rows, path, "error", title)
+    return {"summary": valley_summary(record, directions, theta), "record": record}
+
+
+def fig_ratio(t: Trained, data: EvalData, scale: Scale, seed: int, path: Path, title: str) -> dict:
+    """Fig. 4: ratio-r sweep of G(0,1) noise, s = 1."""
+    ratios = np.round(np.linspace(0.0, 1.0, scale.ratios), 2)
+    record = ratio_sweep(t.model, t.params, select_parameters(t.model, "ALL"), data, ratios=ratios, scale=1.0,
+                         seed=seed, **curve_options(t, scale.points))
+    plots.plot_ratio_sweep(record, path, title)
+    return {"sweep": record["sweep"], "timing": record["timing"]}
+
+
+def fig_bn_init(spec: DatasetSpec, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor], scale: Scale, seed: int,
+                path: Path) -> dict:
+    """Fig. 7: resnet20 per BN-weight initialization; valleys along {0,1} noise with NS and Filter-NS."""
+    data = prepare_data(*test, make_batch_transform(spec, train=False), x, test_samples=scale.test_samples,
+                        recal_samples=scale.recal_samples, seed=seed)
+    out, panels = {}, {}
+    for init in BN_WEIGHT_INITS:
+        t = train("resnet20", spec, x, y, RESNET, scale.bn_epochs, seed, bn_weight_init=init)
+        groups = parameter_groups(t.model)
+        bn_names = [n for n, g in groups.items() if g == "bn_weight"]
+        theta = {n: t.params[n] for n in select_parameters(t.model, "ALL")}
+        directions = {f"binary-{norm}": make_directions(["binary"], theta, seed, normalization=norm)["binary"]
+                      for norm in ("ns", "filter")}
+        record = valley_curves(t.model, t.params, directions, data, scales=BN_SCALES,
+                               **curve_options(t, scale.points))
+        bn_init = torch.cat([t.init[n].reshape(-1) for n in bn_names])
+        bn_final = torch.cat([t.params[n].reshape(-1) for n in bn_names])
+        out[init] = {
+            "test_accuracy": accuracy(t, data), "train_seconds": t.seconds,
+            "bn_weight": {"init": group_stats(t.init, groups)["bn_weight"],
+                          "final": group_stats(t.params, groups)["bn_weight"],
+                          "positive_fraction_init": float((bn_init > 0).double().mean()),
+                          "positive_fraction_final": float((bn_final > 0).double().mean())},
+            "ssr_noise_theta": {k: sign_consistency(d, theta, groups) for k, d in directions.items()},
+            "asymmetry": {k: {s: v["asymmetry"]["error"]["asymmetry"] for s, v in c["scales"].items()}
+                          for k, c in record["curves"].items()},
+            "record": record,
+        }
+        panels[init] = (bn_init.numpy(), bn_final.numpy(), record)
+    plot_bn_init(panels, out, path)
+    return out
+
+
+def plot_bn_init(panels: dict, numbers: dict, path: Path) -> None:
+    """One column per BN-weight init: BN weights at init and after training, then the {0,1} valleys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
+    fig, axes = plt.subplots(3, len(panels), figsize=(3.2 * len(panels), 7.2), squeeze=False)
+    for c, (init, (w0, wf, record)) in enumerate(panels.items()):
+        ax = axes[0][c]
+        bins = np.linspace(min(w0.min(), wf.min()), max(w0.max(), wf.max()), 40)
+        ax.hist(w0, bins=bins, alpha=0.6, label="init")
+        ax.hist(wf, bins=bins, alpha=0.6, label="trained")
+        ax.set_title(f"{labels[init]} (acc {numbers[init]['test_accuracy']:.3f})", fontsize=9)
+        ax.legend(fontsize=7)
+        for r, (key, norm) in enumerate((("binary-ns", "NS"), ("binary-filter", "Filter-NS")), start=1):
+            ax = axes[r][c]
+            curve = record["curves"][key]
+            for s, values in curve["scales"].items():
+                ax.plot(record["lambdas"], values["error"], marker="o", ms=2, lw=1, label=f"s={s}")
+            asym = ", ".join(f"{v:+.3f}" for v in numbers[init]["asymmetry"][key].values())
+            ax.set_title(f"{{0,1}} noise, {norm}: asym {asym}", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel("test error", fontsize=8)
+            ax.legend(fontsize=7)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    fig.suptitle("Fig. 7-style: resnet20 on MNIST, BN weight initialization and valley asymmetry", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fig_interpolation(spec: DatasetSpec, x: Tensor, y: Tensor, large_batch: Trained, data: EvalData,
+                      scale: Scale, seed: int, path: Path) -> dict:
+    """Fig. 8: theta_1 (batch 32) and theta_2 (batch 256, the Figs. 3-5 model), same initialization."""
+    small_batch = train("cnn", spec, x, y, CNN_SMALL_BATCH, scale.epochs, seed)
+    record = interpolation(small_batch.model, small_batch.params, large_batch.params, data,
+                           groups=parameter_groups(small_batch.model), lambdas=lambda_grid(scale.interp_points, -1, 2),
+                           bn=BN, vectorize=False)
+    plots.plot_interpolation(record, path, names=("θ1 (bs 32)", "θ2 (bs 256)"),
+                             title="Fig. 8-style: cnn on MNIST, batch size 32 vs 256")
+    lam = np.asarray(record["lambdas"])
+    error_at = {f"{v:g}": record["error"][int(np.argmin(np.abs(lam - v)))] for v in (0.0, 0.5, 1.0)}
+    return {"train_seconds_bs32": small_batch.seconds, "error_at": error_at, "ssr": record["ssr"],
+            "stats": record["stats"], "lambdas": record["lambdas"], "error": record["error"],
+            "loss": record["loss"], "timing": record["timing"]}
+
+
+def fig_soups(spec: DatasetSpec, x: Tensor, y: Tensor, data: EvalData, scale: Scale, seed: int,
+              path: Path) -> dict:
+    """Fig. 11: two cnn's from one initialization on the two halves of ``x``, checkpoints ``soup_epochs``."""
+    model = build_variant_model("cnn", spec, seed=seed)
+    init = float_state(model)
+    checkpoints: dict[str, dict[int, State]] = {}
+    start = time.perf_counter()
+    for k, half in enumerate(split_halves(len(x), seed)):
+        model.load_state_dict(init, strict=False)
+        checkpoints["AB"[k]], _ = train_checkpoints(model, x[half], y[half], spec, SOUP, scale.soup_epochs,
+                                                    seed=derive_seed(seed, k + 1))
+    seconds = time.perf_counter() - start
+    record = soup_record(model, init, checkpoints["A"], checkpoints["B"], data, groups=parameter_groups(model),
+                         bn=BN, vectorize=False)
+    plots.plot_soups(record, path, f"Fig. 11-style: cnn on MNIST, two halves of {len(x)} images, one init")
+    return {"train_seconds": seconds, **record}
+
+
+def fig_digits(scale: Scale, seed: int, path: Path) -> dict:
+    """Fig. 29: Listing 2 (Gaussian vs sign-consistent noise on the digits softmax regression)."""
+    record, _ = digits_demo(seed=seed, draws=scale.digits_draws)
+    plots.plot_digits_demo(record, path)
+    lam = record["lambdas"]
+    return {**record, "error_asymmetry": {k: asymmetry(lam, v["error"])["asymmetry"]
+                                          for k, v in record["noises"].items()}}
+
+
+def print_summary(n: dict) -> None:
+    print(f"\nFigs. 3-5: cnn, test accuracy {n['models']['cnn_bs256']['test_accuracy']:.4f}; "
+          "error asymmetry = mean err(λ<0) - mean err(λ>0)")
+    print(f"{'direction':<22} {'SSR':>6}" + "".join(f" {'s=' + format(s, 'g'):>8}" for s in VALLEY_SCALES))
+    for fig in ("fig3", "fig5"):
+        for d in n[fig]["summary"].values():
+            print(f"{d['label']:<22} {d['ssr']:6.3f}" + "".join(f" {a:+8.4f}" for a in d["asymmetry"].values()))
+    sweep = n["fig4"]["sweep"]
+    print("\nFig. 4: ratio r     " + " ".join(f"{r:6.2f}" for r in sweep["ratios"]))
+    print("        SSR         " + " ".join(f"{v:6.3f}" for v in sweep["ssr"]))
+    print("        asymmetry   " + " ".join(f"{v:+6.3f}" for v in sweep["error_asymmetry"]))
+    print(f"\nFig. 7: resnet20, {{0,1}} noise; asymmetry at s = {', '.join(f'{s:g}' for s in BN_SCALES)}")
+    print(f"{'BN init':<10} {'acc':>6} {'w>0 init':>8} {'w>0 end':>8} {'SSR(BN)':>8}  {'NS':<18} Filter-NS")
+    for init, r in n["fig7"].items():
+        ns, fns = (" ".join(f"{v:+.3f}" for v in r["asymmetry"][k].values()) for k in ("binary-ns", "binary-filter"))
+        print(f"{init:<10} {r['test_accuracy']:6.3f} {r['bn_weight']['positive_fraction_init']:8.3f} "
+              f"{r['bn_weight']['positive_fraction_final']:8.3f} {r['ssr_noise_theta']['binary-ns']['bn_weight']:8.3f}"
+              f"  {ns:<18} {fns}")
+    f8 = n["fig8"]
+    print(f"\nFig. 8: bs 32 vs bs 256: error at λ=0 {f8['error_at']['0']:.4f}, λ=0.5 {f8['error_at']['0.5']:.4f}, "
+          f"λ=1 {f8['error_at']['1']:.4f}")
+    for key, label in (("theta1_theta2", "SSR(θ1, θ2)"), ("theta1_d", "SSR(θ1, d)"), ("theta2_d", "SSR(θ2, d)")):
+        print(f"  {label:<12} " + "  ".join(f"{g} {v:.3f}" for g, v in f8["ssr"][key].items()))
+    print("\nFig. 11: epoch  acc(A)  acc(B)  acc(soup)    gap   SSR-IA  SSR-IB  SSR-AB")
+    lam = np.asarray(n["fig11"]["lambdas"])
+    mid = int(np.argmin(np.abs(lam - 0.5)))
+    for row in n["fig11"]["checkpoints"]:
+        acc = row["accuracy"]
+        print(f"        {row['epoch']:5d}  {acc[0]:.4f}  {acc[-1]:.4f}  {acc[mid]:.4f}  {row['gap']:+.4f}  "
+              f"{row['ssr_ia']['all']:.4f}  {row['ssr_ib']['all']:.4f}  {row['ssr_ab']['all']:.4f}")
+    print("\nFig. 29: digits softmax regression, error at λ = -1 / 0 / +1, asymmetry")
+    for noise, metrics in n["fig29"]["noises"].items():
+        err = metrics["error"]
+        print(f"  {noise:<16} {err[0]:.4f} / {err[len(err) // 2]:.4f} / {err[-1]:.4f}   "
+              f"{n['fig29']['error_asymmetry'][noise]:+.4f}")
+    print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in n["seconds"].items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke version (~2 min); default out runs/")
+    parser.add_argument("--out", default="", help=f"output folder (default {OUT.relative_to(ROOT)})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default="", help="MNIST folder (default: the dataset's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    parser.add_argument("--train-samples", type=int, help="cnn training images (Figs. 3-5, 8)")
+    parser.add_argument("--epochs", type=int, help="cnn training epochs (Figs. 3-5, 8)")
+    parser.add_argument("--bn-train-samples", type=int, help="resnet20 training images (Fig. 7)")
+    parser.add_argument("--soup-samples", type=int, help="images split into the two soup halves (Fig. 11)")
+    parser.add_argument("--test-samples", type=int, help="test images per evaluated point")
+    parser.add_argument("--points", type=int, help="λ points in [-1, 1]")
+    args = parser.parse_args()
+
+    total_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    scale = QUICK if args.quick else FULL
+    overrides = {k: getattr(args, k) for k in ("train_samples", "epochs", "bn_train_samples", "soup_samples",
+                                               "test_samples", "points") if getattr(args, k) is not None}
+    scale = replace(scale, **overrides)
+    out = Path(args.out) if args.out else QUICK_OUT if args.quick else OUT
+    out.mkdir(parents=True, exist_ok=True)
+    seed = args.seed
+
+    mnist = load_dataset("mnist", args.data_dir or None)
+    spec = mnist.spec
+    perm = torch.randperm(len(mnist.train_x), generator=torch.Generator().manual_seed(seed))
+    x, y = mnist.train_x[perm], mnist.train_y[perm].long()
+    test = (mnist.test_x, mnist.test_y)
+    cnn_data = prepare_data(*test, make_batch_transform(spec, train=False), test_samples=scale.test_samples,
+                            seed=seed)
+    n = len(x)
+    numbers: dict = {"seed": seed, "command": " ".join(sys.argv), "threads": args.threads,
+                     "scale": asdict(scale), "bn_policy": BN, "noise_group": "ALL", "normalization": "ns",
+                     "valley_scales": VALLEY_SCALES, "bn_scales": BN_SCALES,
+                     "settings": {"cnn": asdict(CNN), "cnn_small_batch": asdict(CNN_SMALL_BATCH),
+                                  "resnet20": asdict(RESNET), "soup": asdict(SOUP)},
+                     "data": {"train": f"first images of a seeded permutation of the {n} MNIST training images",
+                              "test": f"{len(cnn_data.x)} seeded MNIST test images"},
+                     "models": {}, "seconds": {}}
+
+    def stage(name: str, func, *a):
+        start = time.perf_counter()
+        result = func(*a)
+        numbers["seconds"][name] = time.perf_counter() - start
+        print(f"[{time.perf_counter() - total_start:6.0f} s] {name} done", flush=True)
+        return result
+
+    xs, ys = x[:scale.train_samples], y[:scale.train_samples]
+    cnn = stage("train_cnn", train, "cnn", spec, xs, ys, CNN, scale.epochs, seed)
+    numbers["models"]["cnn_bs256"] = {"test_accuracy": accuracy(cnn, cnn_data), "train_seconds": cnn.seconds,
+                                      "train_samples": len(xs), "epochs": scale.epochs}
+    title = (f"cnn on MNIST ({len(xs)} images, {scale.epochs} epochs, acc "
+             f"{numbers['models']['cnn_bs256']['test_accuracy']:.3f}), noise on ALL, NS")
+    rows3 = [list(DIRECTION_SETS["common"]), list(DIRECTION_SETS["common-sc"])]
+    numbers["fig3"] = stage("fig3", fig_valleys, cnn, cnn_data, rows3, scale, seed, out / "fig3_common_noises.png",
+                            "Fig. 3-style: " + title)
+    numbers["fig4"] = stage("fig4", fig_ratio, cnn, cnn_data, scale, seed, out / "fig4_ratio_sweep.png",
+                            "Fig. 4-style: " + title)
+    numbers["fig5"] = stage("fig5", fig_valleys, cnn, cnn_data, [list(DIRECTION_SETS["special"])], scale, seed,
+                            out / "fig5_special_directions.png", "Fig. 5-style: " + title)
+    numbers["fig8"] = stage("fig8", fig_interpolation, spec, xs, ys, cnn, cnn_data, scale, seed,
+                            out / "fig8_interpolation.png")
+    numbers["fig11"] = stage("fig11", fig_soups, spec, x[:scale.soup_samples], y[:scale.soup_samples], cnn_data,
+                             scale, seed, out / "fig11_soups.png")
+    numbers["fig7"] = stage("fig7", fig_bn_init, spec, x[:scale.bn_train_samples], y[:scale.bn_train_samples],
+                            test, scale, seed, out / "fig7_bn_init.png")
+    numbers["fig29"] = stage("fig29", fig_digits, scale, seed, out / "fig29_digits_demo.png")
+    numbers["seconds"]["total"] = time.perf_counter() - total_start
+    write_record(out, "numbers", numbers)
+    print_summary(numbers)
+    print(f"wrote {len(list(out.glob('fig*.png')))} PNGs and numbers.json to {out}")
+
+
+if __name__ == "__main__":
+    main()
