@@ -1,14 +1,15 @@
 """The paper's landscape figures (Figs. 3, 4, 5, 7, 8, 11, 29) at reduced scale on real MNIST.
 
 Every model is trained here through ``fedsign.landscape.variants`` (i.e. ``fedsign.training.train_local``)
-and analysed with ``fedsign.landscape``; noise goes to ALL parameters, NS-normalized unless stated, and BN
+and analysed with ``fedsign.landscape``; noise goes to ALL parameters, NS-normalized, unless stated; BN
 statistics are recalibrated at every point (paper A.3). Seeded throughout (``--seed``).
 
 - Fig. 3: valleys of the small ``cnn`` along the 7 common noises and their sign-consistent versions.
 - Fig. 4: mean test error of the positive / negative side against the ratio r of sign-consistent elements.
 - Fig. 5: the 6 special directions (theta_0, theta_f, sign, sign - mu, sgp, sgp - mu).
 - Fig. 7: ``resnet20`` (the BN net that takes 28x28 inputs) with BN weights initialized to ones, U(0,1) and
-  G(0,0.1): BN-weight histograms and the valleys along {0,1} noise, NS and Filter-NS.
+  G(0,0.1): BN-weight histograms and the valleys along {0,1} noise, NS and Filter-NS, with the noise on the
+  BN parameters (s = 1) and on ALL parameters (s = 0.2).
 - Fig. 8: interpolation of two ``cnn`` s trained from one initialization with batch size 32 and 256,
   per-group statistics and sign consistency.
 - Fig. 11: model soups: two ``cnn`` s from one initialization trained on the two halves of the data, with
@@ -18,7 +19,7 @@ statistics are recalibrated at every point (paper A.3). Seeded throughout (``--s
 Writes ``fig*.png`` and ``numbers.json`` (settings, seeds, accuracies, asymmetry scores, SSRs, gaps, the
 curves and timings) to ``--out`` and prints a summary table.
 
-    python benchmarks/landscape_figures.py            # ~5-10 min on 2 shared cores
+    python benchmarks/landscape_figures.py            # ~9 min on the 2 shared cores here
     python benchmarks/landscape_figures.py --quick    # ~2 min smoke version (writes to runs/)
 """
 
@@ -34,22 +35,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedsign.data import DatasetSpec, load_dataset, make_batch_transform
+from fedsign.landscape import (
+    DIRECTION_SETS,
+    EvalData,
+    asymmetry,
+    evaluate_point,
+    interpolation,
+    lambda_grid,
+    make_directions,
+    plots,
+    prepare_data,
+    ratio_sweep,
+    select_parameters,
+    sign_consistency,
+    split_state,
+    valley_curves,
+)
+from fedsign.landscape.curves import group_stats
+from fedsign.landscape.records import write_record
+from fedsign.landscape.soups import soup_record, split_halves
+from fedsign.landscape.theory import digits_demo
+from fedsign.landscape.variants import (
+    State,
+    build_variant_model,
+    float_state,
+    train_checkpoints,
+)
+from fedsign.models import BN_WEIGHT_INITS, parameter_groups
+from fedsign.training import TrainSettings, derive_seed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fedsign.data import DatasetSpec, load_dataset, make_batch_transform  # noqa: E402
-from fedsign.landscape import (DIRECTION_SETS, EvalData, asymmetry, evaluate_point, interpolation,  # noqa: E402
-                               lambda_grid, make_directions, prepare_data, ratio_sweep, select_parameters,
-                               sign_consistency, split_state, valley_curves)
-from fedsign.landscape import plots  # noqa: E402
-from fedsign.landscape.curves import group_stats  # noqa: E402
-from fedsign.landscape.records import write_record  # noqa: E402
-from fedsign.landscape.soups import soup_record, split_halves  # noqa: E402
-from fedsign.landscape.theory import digits_demo  # noqa: E402
-from fedsign.landscape.variants import State, build_variant_model, float_state, train_checkpoints  # noqa: E402
-from fedsign.models import BN_WEIGHT_INITS, parameter_groups  # noqa: E402
-from fedsign.training import TrainSettings, derive_seed  # noqa: E402
-
 OUT = ROOT / "benchmarks" / "results" / "landscape"
 QUICK_OUT = ROOT / "runs" / "landscape-quick"
 BN = "recalibrate"
@@ -66,15 +82,16 @@ class Scale:
     soup_samples: int  # split into two halves (Fig. 11)
     soup_epochs: tuple[int, ...]
     test_samples: int
-    recal_samples: int
+    bn_test_samples: int  # resnet20 (Fig. 7): every point is ~8x the cnn's cost
+    recal_samples: int  # training images for BN recalibration (resnet20)
     points: int  # λ points in [-1, 1]
     interp_points: int  # λ points in [-1, 2] (Fig. 8)
     ratios: int  # r in linspace(0, 1, ratios) (Fig. 4)
     digits_draws: int
 
 
-FULL = Scale(10000, 3, 3000, 2, 6000, (1, 2, 4), 500, 256, 11, 31, 11, 10)
-QUICK = Scale(2000, 1, 600, 1, 2000, (1, 2), 200, 128, 7, 13, 6, 3)
+FULL = Scale(10000, 3, 3000, 2, 6000, (1, 2, 4), 500, 300, 128, 11, 31, 11, 10)
+QUICK = Scale(3000, 2, 600, 1, 2000, (1, 2), 200, 150, 64, 7, 13, 6, 3)
 
 # SGD settings (momentum 0.9, weight decay 5e-4 as the paper's §4.2; batch 256 its default).
 CNN = TrainSettings(epochs=1, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -82,7 +99,7 @@ CNN_SMALL_BATCH = replace(CNN, batch_size=32)  # the other model of Fig. 8
 RESNET = TrainSettings(epochs=1, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4)
 SOUP = replace(CNN, batch_size=64)
 VALLEY_SCALES = (0.2, 1.0, 2.0)
-BN_SCALES = (0.2, 1.0)
+FIG7_SCALES = {"BN": 1.0, "ALL": 0.2}  # noise group -> scale s
 
 
 @dataclass
@@ -148,19 +165,16 @@ def fig_ratio(t: Trained, data: EvalData, scale: Scale, seed: int, path: Path, t
 
 def fig_bn_init(spec: DatasetSpec, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor], scale: Scale, seed: int,
                 path: Path) -> dict:
-    """Fig. 7: resnet20 per BN-weight initialization; valleys along {0,1} noise with NS and Filter-NS."""
-    data = prepare_data(*test, make_batch_transform(spec, train=False), x, test_samples=scale.test_samples,
+    """Fig. 7: resnet20 per BN-weight initialization; valleys along {0,1} noise, NS and Filter-NS, on the
+    BN parameters (the paper's explanation: the noise agrees in sign with all-positive BN weights) and on
+    ALL parameters (the paper's plot), each at its scale in :data:`FIG7_SCALES`."""
+    data = prepare_data(*test, make_batch_transform(spec, train=False), x, test_samples=scale.bn_test_samples,
                         recal_samples=scale.recal_samples, seed=seed)
     out, panels = {}, {}
     for init in BN_WEIGHT_INITS:
         t = train("resnet20", spec, x, y, RESNET, scale.bn_epochs, seed, bn_weight_init=init)
         groups = parameter_groups(t.model)
         bn_names = [n for n, g in groups.items() if g == "bn_weight"]
-        theta = {n: t.params[n] for n in select_parameters(t.model, "ALL")}
-        directions = {f"binary-{norm}": make_directions(["binary"], theta, seed, normalization=norm)["binary"]
-                      for norm in ("ns", "filter")}
-        record = valley_curves(t.model, t.params, directions, data, scales=BN_SCALES,
-                               **curve_options(t, scale.points))
         bn_init = torch.cat([t.init[n].reshape(-1) for n in bn_names])
         bn_final = torch.cat([t.params[n].reshape(-1) for n in bn_names])
         out[init] = {
@@ -169,39 +183,47 @@ def fig_bn_init(spec: DatasetSpec, x: Tensor, y: Tensor, test: tuple[Tensor, Ten
                           "final": group_stats(t.params, groups)["bn_weight"],
                           "positive_fraction_init": float((bn_init > 0).double().mean()),
                           "positive_fraction_final": float((bn_final > 0).double().mean())},
-            "ssr_noise_theta": {k: sign_consistency(d, theta, groups) for k, d in directions.items()},
-            "asymmetry": {k: {s: v["asymmetry"]["error"]["asymmetry"] for s, v in c["scales"].items()}
-                          for k, c in record["curves"].items()},
-            "record": record,
+            "asymmetry": {}, "ssr_noise_theta": {}, "records": {},
         }
-        panels[init] = (bn_init.numpy(), bn_final.numpy(), record)
+        for group, s in FIG7_SCALES.items():
+            theta = {n: t.params[n] for n in select_parameters(t.model, group)}
+            directions = {norm: make_directions(["binary"], theta, seed, normalization=norm)["binary"]
+                          for norm in ("ns", "filter")}
+            record = valley_curves(t.model, t.params, directions, data, scales=(s,), **curve_options(t, scale.points))
+            out[init]["asymmetry"][group] = {k: c["scales"][f"{s:g}"]["asymmetry"]["error"]["asymmetry"]
+                                             for k, c in record["curves"].items()}
+            out[init]["ssr_noise_theta"][group] = sign_consistency(directions["ns"], theta, groups)
+            out[init]["records"][group] = record
+        panels[init] = (bn_init.numpy(), bn_final.numpy())
     plot_bn_init(panels, out, path)
     return out
 
 
 def plot_bn_init(panels: dict, numbers: dict, path: Path) -> None:
-    """One column per BN-weight init: BN weights at init and after training, then the {0,1} valleys."""
+    """One column per BN-weight init: BN weights at init and after training, then the {0,1} valleys
+    (NS and Filter-NS) with the noise on BN parameters and on ALL parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
-    fig, axes = plt.subplots(3, len(panels), figsize=(3.2 * len(panels), 7.2), squeeze=False)
-    for c, (init, (w0, wf, record)) in enumerate(panels.items()):
+    rows = 1 + len(FIG7_SCALES)
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 2.4 * rows), squeeze=False)
+    for c, (init, (w0, wf)) in enumerate(panels.items()):
         ax = axes[0][c]
         bins = np.linspace(min(w0.min(), wf.min()), max(w0.max(), wf.max()), 40)
         ax.hist(w0, bins=bins, alpha=0.6, label="init")
         ax.hist(wf, bins=bins, alpha=0.6, label="trained")
-        ax.set_title(f"{labels[init]} (acc {numbers[init]['test_accuracy']:.3f})", fontsize=9)
+        ax.set_title(f"{labels[init]}: BN weights (acc {numbers[init]['test_accuracy']:.3f})", fontsize=8)
         ax.legend(fontsize=7)
-        for r, (key, norm) in enumerate((("binary-ns", "NS"), ("binary-filter", "Filter-NS")), start=1):
+        for r, (group, s) in enumerate(FIG7_SCALES.items(), start=1):
             ax = axes[r][c]
-            curve = record["curves"][key]
-            for s, values in curve["scales"].items():
-                ax.plot(record["lambdas"], values["error"], marker="o", ms=2, lw=1, label=f"s={s}")
-            asym = ", ".join(f"{v:+.3f}" for v in numbers[init]["asymmetry"][key].values())
-            ax.set_title(f"{{0,1}} noise, {norm}: asym {asym}", fontsize=8)
+            record = numbers[init]["records"][group]
+            for norm, label in (("ns", "NS"), ("filter", "Filter-NS")):
+                ax.plot(record["lambdas"], record["curves"][norm]["scales"][f"{s:g}"]["error"], marker="o", ms=2,
+                        lw=1, label=f"{label} (asym {numbers[init]['asymmetry'][group][norm]:+.3f})")
+            ax.set_title(f"{{0,1}} noise on {group}, s={s:g}", fontsize=8)
             ax.set_xlabel("λ", fontsize=8)
             ax.set_ylabel("test error", fontsize=8)
             ax.legend(fontsize=7)
@@ -268,13 +290,14 @@ def print_summary(n: dict) -> None:
     print("\nFig. 4: ratio r     " + " ".join(f"{r:6.2f}" for r in sweep["ratios"]))
     print("        SSR         " + " ".join(f"{v:6.3f}" for v in sweep["ssr"]))
     print("        asymmetry   " + " ".join(f"{v:+6.3f}" for v in sweep["error_asymmetry"]))
-    print(f"\nFig. 7: resnet20, {{0,1}} noise; asymmetry at s = {', '.join(f'{s:g}' for s in BN_SCALES)}")
-    print(f"{'BN init':<10} {'acc':>6} {'w>0 init':>8} {'w>0 end':>8} {'SSR(BN)':>8}  {'NS':<18} Filter-NS")
+    cols = [(g, norm) for g in FIG7_SCALES for norm in ("ns", "filter")]
+    print("\nFig. 7: resnet20, {0,1} noise; SSR(noise, BN weights) and error asymmetry per group/normalization")
+    print(f"{'BN init':<10} {'acc':>6} {'w>0 init':>8} {'w>0 end':>8} {'SSR(BN)':>8}"
+          + "".join(f" {g + '/' + norm + '@' + format(FIG7_SCALES[g], 'g'):>13}" for g, norm in cols))
     for init, r in n["fig7"].items():
-        ns, fns = (" ".join(f"{v:+.3f}" for v in r["asymmetry"][k].values()) for k in ("binary-ns", "binary-filter"))
         print(f"{init:<10} {r['test_accuracy']:6.3f} {r['bn_weight']['positive_fraction_init']:8.3f} "
-              f"{r['bn_weight']['positive_fraction_final']:8.3f} {r['ssr_noise_theta']['binary-ns']['bn_weight']:8.3f}"
-              f"  {ns:<18} {fns}")
+              f"{r['bn_weight']['positive_fraction_final']:8.3f} {r['ssr_noise_theta']['BN']['bn_weight']:8.3f}"
+              + "".join(f" {r['asymmetry'][g][norm]:+13.4f}" for g, norm in cols))
     f8 = n["fig8"]
     print(f"\nFig. 8: bs 32 vs bs 256: error at λ=0 {f8['error_at']['0']:.4f}, λ=0.5 {f8['error_at']['0.5']:.4f}, "
           f"λ=1 {f8['error_at']['1']:.4f}")
@@ -330,9 +353,10 @@ def main() -> None:
     n = len(x)
     numbers: dict = {"seed": seed, "command": " ".join(sys.argv), "threads": args.threads,
                      "scale": asdict(scale), "bn_policy": BN, "noise_group": "ALL", "normalization": "ns",
-                     "valley_scales": VALLEY_SCALES, "bn_scales": BN_SCALES,
-                     "settings": {"cnn": asdict(CNN), "cnn_small_batch": asdict(CNN_SMALL_BATCH),
-                                  "resnet20": asdict(RESNET), "soup": asdict(SOUP)},
+                     "valley_scales": VALLEY_SCALES, "fig7_scales": FIG7_SCALES,
+                     "sgd": {name: {k: v for k, v in asdict(s).items() if k != "epochs"}  # epochs: see scale
+                             for name, s in (("cnn", CNN), ("cnn_small_batch", CNN_SMALL_BATCH),
+                                             ("resnet20", RESNET), ("soup", SOUP))},
                      "data": {"train": f"first images of a seeded permutation of the {n} MNIST training images",
                               "test": f"{len(cnn_data.x)} seeded MNIST test images"},
                      "models": {}, "seconds": {}}

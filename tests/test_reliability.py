@@ -157,11 +157,15 @@ def test_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
     assert load_checkpoint(out).round == 2 and not (out / "model.safetensors").exists()
 
     run_inprocess(config_for(RESUMABLE + " resume=true", out), progress=False)
+    # Equal up to float reduction order: a loaded CPU can change how oneDNN splits work between
+    # threads across processes, which moves the last bits (seen once under heavy load).
     a, b = load_model_state(reference / "model.safetensors"), load_model_state(out / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
 
     def without_time(rows):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+        return [{k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in r.items()
+                 if k != "seconds"} for r in rows]
 
-    assert without_time(read_metrics(out)) == without_time(read_metrics(reference))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out)] == \
+        without_time(read_metrics(reference))
     assert load_checkpoint(out).round == 4 and (out / CHECKPOINT_NAME).is_file()
