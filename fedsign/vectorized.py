@@ -38,10 +38,6 @@ class ClientJob:
     term_inputs: dict[str, Any] = field(default_factory=dict)  # per-client tensors for the term
 
 
-def _stack(dicts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.stack([d[k] for d in dicts]) for k in dicts[0]}
-
-
 def _stack_nested(items: list[Any]) -> Any:
     first = items[0]
     if isinstance(first, dict):
