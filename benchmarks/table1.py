@@ -140,11 +140,12 @@ def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: 
                     continue
                 gamma, accs = best
                 mean = statistics.mean(accs)
-                std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                std = statistics.stdev(accs) if len(accs) > 1 else None
                 rows.append({"dataset": dataset, "alpha": alpha, "method": method, "gamma": gamma,
                              "seeds": len(accs), "mean": mean, "std": std, "accuracies": accs})
                 won = f" (γ={gamma:g})" if gamma is not None else ""
-                cells_md.append(f"{100 * mean:.2f} ± {100 * std:.2f}{won}")
+                spread = f" ± {100 * std:.2f}" if std is not None else " (1 seed)"
+                cells_md.append(f"{100 * mean:.2f}{spread}{won}")
                 histories = [finished[c] for c in finished
                              if (c.dataset, c.alpha, c.method, c.gamma) == (dataset, alpha, method, gamma)]
                 curves[(dataset, alpha, method)] = _mean_curve(histories)
@@ -157,8 +158,11 @@ def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: 
         writer.writerows(rows)
     header = "| dataset | Dir. α | " + " | ".join(LABELS[m] for m in methods) + " |"
     markdown = "\n".join([header, "|" + "---|" * (len(methods) + 2), *table_rows]) + "\n"
+    total = len(cells(preset, methods))
     (out / f"table1_{preset_name}.md").write_text(
-        f"Final test accuracy (%), mean ± std over seeds; FedSign's γ chosen per row from "
+        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({len(finished)} of {total} runs "
+        f"finished).\nSettings: {preset.common}.\n\n"
+        f"Final test accuracy (%), mean ± std over the finished seeds; FedSign's γ chosen per row from "
         f"{', '.join(f'{g:g}' for g in preset.gammas)} by mean accuracy.\n\n{markdown}")
     _plot_curves(curves, preset, methods, out / f"table1_{preset_name}_curves.png")
     return markdown
