@@ -8,13 +8,20 @@ For each client count it runs the same config four ways and prints one table:
 - ``vectorized``: ``fedsign run`` with ``engine='vectorized'`` (a round's clients at once);
 - ``ray``: ``fedsign simulate`` (``flwr run`` on the Ray simulation engine).
 
+Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
+parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
+``fedsign.landscape.evaluate_lines`` vmapped in chunks and point by point, for the ``cnn`` (no BN)
+and ``resnet20`` (BN statistics recalibrated on 512 training images at every point).
+
 Overhead per round = engine round seconds (server-side, from metrics.csv, evaluation
 excluded by eval-every > rounds except the last) − raw seconds per round. Peak RSS is
 that of this process for raw/inprocess and the sampled sum over the Flower and Ray
-processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md``.
+processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md``, and
+``speed_landscape.csv`` / ``speed_landscape.md``.
 
-    python benchmarks/speed.py                      # 10 and 100 clients, 3 rounds each
+    python benchmarks/speed.py                      # 10 and 100 clients, 3 rounds each, landscape
     python benchmarks/speed.py --clients 10 --rounds 5 --skip-ray
+    python benchmarks/speed.py --only landscape
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ sys.path.insert(0, str(ROOT))
 from fedsign.config import RunConfig  # noqa: E402
 from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
 from fedsign.engine import run_inprocess  # noqa: E402
+from fedsign.landscape import Line, evaluate_lines, make_directions, model_state, prepare_data  # noqa: E402
+from fedsign.landscape.curves import lambda_grid  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
-from fedsign.task import build_run_model, client_data, load_arrays, model_arrays  # noqa: E402
+from fedsign.task import build_run_model, client_data, dataset, load_arrays, model_arrays  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -121,15 +130,47 @@ def run_ray(overrides: str, out_dir: Path) -> tuple[float, float, float]:
     return engine_round_seconds(out_dir), wall, peak[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
-    parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS / "speed"))
-    args = parser.parse_args()
+def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
+    """Points per second of one valley line, vmapped and point by point (each after a 2-point warm-up),
+    for a model without and with BN."""
+    device = resolve_device(config.device)
+    data = dataset(config.dataset, config.data_dir)
+    rows = []
+    for model_name, bn in (("cnn", "stale"), ("resnet20", "recalibrate")):
+        model = build_run_model(config.replace(model=model_name)).to(device)
+        params, buffers = model_state(model)
+        recal = data.train_x if bn == "recalibrate" else None
+        eval_data = prepare_data(data.test_x, data.test_y, make_batch_transform(DATASETS[config.dataset], train=False),
+                                 recal, recal_samples=512, seed=config.seed, device=device)
+        direction = make_directions(["gauss"], params, config.seed)["gauss"]
+        line = [Line(params, direction, lambda_grid(points).tolist(), buffers)]
+        for mode, vectorize in (("vmap", True), ("loop", False)):
+            warm_up = [Line(params, direction, [0.0, 0.5], buffers)]
+            evaluate_lines(model, warm_up, eval_data, bn=bn, chunk=chunk, vectorize=vectorize)
+            ev = evaluate_lines(model, line, eval_data, bn=bn, chunk=chunk, vectorize=vectorize)
+            rows.append({"model": model_name, "bn": bn, "mode": mode, "points": ev.points,
+                         "test_samples": len(eval_data.x), "seconds": ev.seconds,
+                         "points_per_s": ev.points_per_second, "vectorized": ev.vectorized})
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    return rows
 
+
+def write_table(rows: list[dict], out: Path, header: str, cells, note: str) -> None:
+    """``rows`` as ``out``.csv and a markdown table (``cells(row)`` gives a row's cells) in ``out``.md."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns] + ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    table = "\n".join(lines) + note
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+def engine_rows(args: argparse.Namespace) -> list[dict]:
+    """One row per (client count, engine): seconds per round, overhead, clients/s, wall, peak RSS."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
@@ -153,25 +194,45 @@ def main() -> None:
                              "clients_per_s": n / ray, "wall_s": wall, "peak_rss_mb": rss})
             for row in rows[-4 if not args.skip_ray else -3:]:
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return rows
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
+    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--only", choices=("engines", "landscape"), help="run one of the two parts")
+    parser.add_argument("--points", type=int, default=21, help="landscape points on the line (default 21)")
+    parser.add_argument("--chunk", type=int, default=8, help="landscape points per vmapped call (default 8)")
+    parser.add_argument("--out", default=str(RESULTS / "speed"))
+    args = parser.parse_args()
+
+    config = RunConfig.from_overrides(base_overrides(args.clients[0], args.rounds, args.extra)).resolved()
+    device = resolve_device(config.device)
+    machine = f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, " \
+              f"torch {torch.__version__}"
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    header = "| clients | engine | s/round | overhead s/round | clients/s | wall s | peak RSS MB |"
-    lines = [header, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        wall = f"{r['wall_s']:.1f}" if r["wall_s"] is not None else ""
-        lines.append(f"| {r['clients']} | {r['engine']} | {r['round_s']:.3f} | {r['overhead_s']:.3f} | "
-                     f"{r['clients_per_s']:.1f} | {wall} | {r['peak_rss_mb']:.0f} |")
-    table = "\n".join(lines)
-    device = resolve_device(RunConfig.from_overrides(args.extra).device if args.extra else "auto")
-    note = (f"\n\nMachine: {os.cpu_count()} CPUs, device {device}, torch {torch.__version__}; "
-            f"digits, cnn, local-epochs=1, batch 32, all clients every round, {args.rounds} rounds.\n")
-    out.with_suffix(".md").write_text(table + note)
-    print(table + note)
+    if args.only != "landscape":
+        rows = engine_rows(args)
+        write_table(rows, out, "| clients | engine | s/round | overhead s/round | clients/s | wall s | peak RSS MB |",
+                    lambda r: [str(r["clients"]), r["engine"], f"{r['round_s']:.3f}", f"{r['overhead_s']:.3f}",
+                               f"{r['clients_per_s']:.1f}", "" if r["wall_s"] is None else f"{r['wall_s']:.1f}",
+                               f"{r['peak_rss_mb']:.0f}"],
+                    f"\n\n{machine}; digits, cnn, local-epochs=1, batch 32, all clients every round, "
+                    f"{args.rounds} rounds.\n")
+    if args.only != "engines":
+        rows = landscape_rows(config, args.points, args.chunk)
+        write_table(rows, out.with_name(out.name + "_landscape"),
+                    "| model | BN policy | mode | points | test images | seconds | points/s |",
+                    lambda r: [r["model"], r["bn"], r["mode"] + ("" if r["vectorized"] or r["mode"] == "loop"
+                                                                 else " (fell back to loop)"),
+                               str(r["points"]), str(r["test_samples"]), f"{r['seconds']:.2f}",
+                               f"{r['points_per_s']:.1f}"],
+                    f"\n\n{machine}; {config.dataset} test split, one line of {args.points} points "
+                    f"(NS-normalized G(0,1) noise on ALL parameters), chunk {args.chunk}; resnet20 "
+                    f"recalibrates BN on 512 training images at every point.\n")
 
 
 if __name__ == "__main__":

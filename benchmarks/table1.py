@@ -5,9 +5,10 @@ skipped, so an interrupted sweep resumes where it stopped. FedSign's gamma is ch
 from a grid per (dataset, alpha) by mean final test accuracy, as the paper does (it
 reports the best gamma; there is no separate validation split), and the winner is
 reported. Outputs under ``--out`` (default ``benchmarks/results``):
-``table1_<preset>.csv`` (one row per dataset x alpha x method), ``table1_<preset>.md``
-(the paper's layout: rows dataset x alpha, columns the six methods, cells mean +- std)
-and ``table1_<preset>_curves.png`` (mean test-accuracy curves).
+``table1_<preset>.csv`` (one row per dataset x alpha x method x gamma, the shown gamma
+``selected``), ``table1_<preset>.md`` (the paper's layout: rows dataset x alpha, columns the
+six methods, cells mean +- std; then FedSign per gamma and every method's difference to
+FedAvg paired by seed) and ``table1_<preset>_curves.png`` (mean test-accuracy curves).
 
     python benchmarks/table1.py --preset cpu                 # the reduced CPU preset
     python benchmarks/table1.py --preset paper --data-dir cifar10=/data/cifar10 --data-dir cinic10=/data/cinic10
@@ -119,51 +120,132 @@ def run_cell(overrides: str, engine: str) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: tuple[str, ...]) -> str:
-    """Write the CSV, markdown table and curves of the finished cells; return the markdown."""
-    finished = {c: read_metrics(runs / c.name) for c in cells(preset, methods)
-                if (runs / c.name / "model.safetensors").exists()}
-    rows, table_rows, curves = [], [], {}
+def final_accuracies(finished: dict[Cell, list[dict]], dataset: str, alpha: float, method: str,
+                     gamma: float | None) -> dict[int, float]:
+    """Final test accuracy per seed of the finished cells of one (dataset, alpha, method, gamma)."""
+    return {c.seed: history[-1]["accuracy"] for c, history in finished.items()
+            if (c.dataset, c.alpha, c.method, c.gamma) == (dataset, alpha, method, gamma)}
+
+
+def summarize(finished: dict[Cell, list[dict]], preset: Preset, methods: tuple[str, ...]) -> list[dict]:
+    """One row per (dataset, alpha, method, gamma) with finished cells: per-seed final accuracies, mean,
+    std (None for one seed); ``selected`` marks the gamma with the best mean (the only gamma for
+    methods without one), which is the one the table shows."""
+    rows = []
     for dataset in preset.datasets:
         for alpha in preset.alphas:
-            cells_md = []
             for method in methods:
-                options = preset.gammas if method == "fedsign" else (None,)
-                best = None
-                for gamma in options:
-                    accs = [finished[c][-1]["accuracy"] for c in finished
-                            if (c.dataset, c.alpha, c.method, c.gamma) == (dataset, alpha, method, gamma)]
-                    if accs and (best is None or statistics.mean(accs) > statistics.mean(best[1])):
-                        best = (gamma, accs)
-                if best is None:
-                    cells_md.append("–")
+                options = []
+                for gamma in preset.gammas if method == "fedsign" else (None,):
+                    accs = final_accuracies(finished, dataset, alpha, method, gamma)
+                    if accs:
+                        values = list(accs.values())
+                        options.append({"dataset": dataset, "alpha": alpha, "method": method, "gamma": gamma,
+                                        "seeds": len(values), "mean": statistics.mean(values),
+                                        "std": statistics.stdev(values) if len(values) > 1 else None,
+                                        "accuracies": accs, "selected": False})
+                if options:
+                    max(options, key=lambda r: r["mean"])["selected"] = True
+                rows.extend(options)
+    return rows
+
+
+def paired_difference(row: dict, baseline: dict) -> dict | None:
+    """``row`` minus ``baseline`` on their common seeds (same seed = same partition, sampling and
+    initialization): mean and std of the per-seed differences, the paired t-test p-value, and whether
+    the mean difference exceeds the seed spread (the larger of the two methods' stds)."""
+    seeds = sorted(set(row["accuracies"]) & set(baseline["accuracies"]))
+    if not seeds:
+        return None
+    deltas = [row["accuracies"][s] - baseline["accuracies"][s] for s in seeds]
+    result = {"seeds": len(seeds), "mean": statistics.mean(deltas),
+              "std": statistics.stdev(deltas) if len(deltas) > 1 else None, "p": None, "beyond_spread": None}
+    if len(deltas) > 1:
+        from scipy.stats import ttest_rel
+
+        a, b = [row["accuracies"][s] for s in seeds], [baseline["accuracies"][s] for s in seeds]
+        result["p"] = float(ttest_rel(a, b).pvalue) if result["std"] else (0.0 if result["mean"] else 1.0)
+        spread = max(row["std"] or 0.0, baseline["std"] or 0.0)
+        result["beyond_spread"] = abs(result["mean"]) > spread
+    return result
+
+
+def _percent(mean: float, std: float | None, signed: bool = False) -> str:
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    return text + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
+
+
+def render_markdown(rows: list[dict], preset_name: str, preset: Preset, methods: tuple[str, ...],
+                    finished: int, total: int) -> str:
+    """The paper's layout (rows dataset x alpha, columns methods), FedSign per gamma, and the paired
+    differences to FedAvg."""
+    selected = {(r["dataset"], r["alpha"], r["method"]): r for r in rows if r["selected"]}
+    by_gamma = {(r["dataset"], r["alpha"], r["gamma"]): r for r in rows if r["method"] == "fedsign"}
+    keys = [(d, a) for d in preset.datasets for a in preset.alphas]
+
+    def table(header: list[str], body: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
+
+    main_body = []
+    for d, a in keys:
+        cells = []
+        for m in methods:
+            r = selected.get((d, a, m))
+            won = f" (γ={r['gamma']:g})" if r and r["gamma"] is not None else ""
+            cells.append(_percent(r["mean"], r["std"]) + won if r else "–")
+        main_body.append([d, f"{a:g}", *cells])
+    parts = [
+        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({finished} of {total} runs finished).\n"
+        f"Settings: {preset.common}.\n\n"
+        f"Final test accuracy (%), mean ± std over seeds; FedSign's γ chosen per row from "
+        f"{', '.join(f'{g:g}' for g in preset.gammas)} by mean test accuracy (as the paper, which has no "
+        f"validation split; this favours FedSign by a best-of-{len(preset.gammas)} choice).\n",
+        table(["dataset", "Dir. α", *(LABELS[m] for m in methods)], main_body),
+    ]
+    if "fedsign" in methods:
+        gamma_body = [[d, f"{a:g}", *(_percent(by_gamma[(d, a, g)]["mean"], by_gamma[(d, a, g)]["std"])
+                                      if (d, a, g) in by_gamma else "–" for g in preset.gammas)] for d, a in keys]
+        parts += ["FedSign for every γ (%):\n", table(["dataset", "Dir. α", *(f"γ={g:g}" for g in preset.gammas)],
+                                                     gamma_body)]
+    if "fedavg" in methods and len(methods) > 1:
+        others = [m for m in methods if m != "fedavg"]
+        diff_body = []
+        for d, a in keys:
+            cells = []
+            for m in others:
+                base, row = selected.get((d, a, "fedavg")), selected.get((d, a, m))
+                diff = paired_difference(row, base) if base and row else None
+                if diff is None:
+                    cells.append("–")
                     continue
-                gamma, accs = best
-                mean = statistics.mean(accs)
-                std = statistics.stdev(accs) if len(accs) > 1 else None
-                rows.append({"dataset": dataset, "alpha": alpha, "method": method, "gamma": gamma,
-                             "seeds": len(accs), "mean": mean, "std": std, "accuracies": accs})
-                won = f" (γ={gamma:g})" if gamma is not None else ""
-                spread = f" ± {100 * std:.2f}" if std is not None else " (1 seed)"
-                cells_md.append(f"{100 * mean:.2f}{spread}{won}")
-                histories = [finished[c] for c in finished
-                             if (c.dataset, c.alpha, c.method, c.gamma) == (dataset, alpha, method, gamma)]
-                curves[(dataset, alpha, method)] = _mean_curve(histories)
-            table_rows.append(f"| {dataset} | {alpha:g} | " + " | ".join(cells_md) + " |")
+                note = "" if diff["p"] is None else f" (p={diff['p']:.2f}{', beyond spread' if diff['beyond_spread'] else ''})"
+                cells.append(_percent(diff["mean"], diff["std"], signed=True) + note)
+            diff_body.append([d, f"{a:g}", *cells])
+        parts += ["Difference to FedAvg in accuracy points, paired by seed (same seed = same partition, client "
+                  "sampling and initialization): mean ± std of the per-seed differences, paired t-test p; "
+                  "\"beyond spread\" when |mean| exceeds the larger of the two methods' seed stds.\n",
+                  table(["dataset", "Dir. α", *(LABELS[m] for m in others)], diff_body)]
+    return "\n".join(parts)
+
+
+def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: tuple[str, ...]) -> str:
+    """Write the CSV, markdown tables and curves of the finished cells; return the markdown."""
+    finished = {c: read_metrics(runs / c.name) for c in cells(preset, methods)
+                if (runs / c.name / "model.safetensors").exists()}
+    rows = summarize(finished, preset, methods)
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"table1_{preset_name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", "alpha", "method", "gamma", "seeds", "mean", "std",
-                                               "accuracies"])
+        writer = csv.DictWriter(f, fieldnames=["dataset", "alpha", "method", "gamma", "selected", "seeds", "mean",
+                                               "std", "accuracies"])
         writer.writeheader()
-        writer.writerows(rows)
-    header = "| dataset | Dir. α | " + " | ".join(LABELS[m] for m in methods) + " |"
-    markdown = "\n".join([header, "|" + "---|" * (len(methods) + 2), *table_rows]) + "\n"
-    total = len(cells(preset, methods))
-    (out / f"table1_{preset_name}.md").write_text(
-        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({len(finished)} of {total} runs "
-        f"finished).\nSettings: {preset.common}.\n\n"
-        f"Final test accuracy (%), mean ± std over the finished seeds; FedSign's γ chosen per row from "
-        f"{', '.join(f'{g:g}' for g in preset.gammas)} by mean accuracy.\n\n{markdown}")
+        writer.writerows({**r, "accuracies": " ".join(f"{s}:{acc}" for s, acc in sorted(r["accuracies"].items()))}
+                         for r in rows)
+    markdown = render_markdown(rows, preset_name, preset, methods, len(finished), len(cells(preset, methods)))
+    (out / f"table1_{preset_name}.md").write_text(markdown)
+    curves = {(r["dataset"], r["alpha"], r["method"]): _mean_curve(
+        [finished[c] for c in finished if (c.dataset, c.alpha, c.method, c.gamma)
+         == (r["dataset"], r["alpha"], r["method"], r["gamma"])]) for r in rows if r["selected"]}
     _plot_curves(curves, preset, methods, out / f"table1_{preset_name}_curves.png")
     return markdown
 
@@ -191,7 +273,9 @@ def _plot_curves(curves: dict, preset: Preset, methods: tuple[str, ...], path: P
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7)
+    drawn = [ax for ax in axes[0] if ax.lines]
+    if drawn:
+        drawn[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -211,6 +295,9 @@ def main() -> None:
 
     preset = PRESETS[args.preset]
     methods = tuple(args.methods)
+    bad = [item for item in args.data_dir if "=" not in item or item.split("=", 1)[0] not in preset.datasets]
+    if bad:
+        parser.error(f"--data-dir {bad[0]!r}: write DATASET=PATH with DATASET one of {', '.join(preset.datasets)}")
     data_dirs = dict(item.split("=", 1) for item in args.data_dir)
     out = Path(args.out)
     runs = Path(args.runs) if args.runs else out / "table1_runs" / args.preset
