@@ -1,4 +1,4 @@
-"""The one results writer: config.json, metrics.csv, final model, accuracy curve, summary.
+"""The one results writer: config.json, environment.json, metrics.csv, final model, accuracy curve, summary.
 
 ``metrics.csv`` is rewritten atomically after every round (temp file + rename), so a
 crash keeps every finished round and never leaves a half-written file.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -70,6 +72,13 @@ class RunResults:
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self.out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def write_environment(self, device: torch.device) -> None:
+        """Versions, device and torch's thread count of this process: CPU results are bitwise
+        reproducible for one config and seed only at the same thread count (float reduction order)."""
+        environment = {"python": platform.python_version(), "torch": torch.__version__, "flwr": version("flwr"),
+                       "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        atomic_write(self.out_dir / "environment.json", json.dumps(environment, indent=2) + "\n")
 
     def append_round(self, row: dict[str, Any]) -> None:
         """Add one round's metrics and rewrite metrics.csv."""

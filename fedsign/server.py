@@ -99,6 +99,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     results = RunResults.create(config.out_dir, resume=config.resume)
     checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
     results.write_config(config.to_dict())
+    results.write_environment(device)
     write_partition_report(results.out_dir, labels, list(run_partitions(config)), spec.num_classes)
 
     model = build_run_model(config).to(device)

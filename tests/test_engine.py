@@ -1,5 +1,6 @@
 """End-to-end runs: the in-process engine, the Ray simulation, and their equality."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,9 +26,10 @@ def run(overrides: str, out_dir: Path):
 def test_inprocess_run_writes_all_results(tmp_path):
     results = run(SMALL, tmp_path / "a")
     out = results.out_dir
-    for name in ("config.json", "metrics.csv", "model.safetensors", "accuracy.png",
+    for name in ("config.json", "environment.json", "metrics.csv", "model.safetensors", "accuracy.png",
                  "partition_counts.csv", "partition.png"):
         assert (out / name).is_file(), name
+    assert json.loads((out / "environment.json").read_text())["torch_threads"] == torch.get_num_threads()
     rows = read_metrics(out)
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["num_replies"] == 3 and r["num_failures"] == 0 for r in rows)
