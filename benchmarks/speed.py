@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 from fedsign.config import RunConfig  # noqa: E402
 from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
 from fedsign.engine import run_inprocess  # noqa: E402
-from fedsign.landscape import Line, evaluate_lines, make_directions, model_state, prepare_data  # noqa: E402
-from fedsign.landscape.curves import lambda_grid  # noqa: E402
+from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
+                               prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
 from fedsign.task import build_run_model, client_data, dataset, load_arrays, model_arrays  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
