@@ -233,7 +233,7 @@ class VectorizedGrid:
                 chunk = max(1, chunk // 2)
                 torch.cuda.empty_cache()
                 continue
-            except (RuntimeError, NotImplementedError) as err:
+            except RuntimeError as err:  # includes torch.func's missing batching rules (NotImplementedError)
                 raise VectorizationError(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
             for c, job in enumerate(jobs[part]):
                 with torch.no_grad():

@@ -77,3 +77,19 @@ def test_hang_faults_fall_back_to_sequential(tmp_path, capsys):
                                       f"out-dir='{tmp_path / 'h'}'").resolved()
     run_inprocess(config, progress=False)
     assert "running clients sequentially" in capsys.readouterr().out
+
+
+def test_unbatchable_op_falls_back_to_the_same_sequential_result(tmp_path, monkeypatch, capsys):
+    """torch.func raises NotImplementedError for an op without a batching rule: the round runs sequentially."""
+    import fedsign.vectorized
+
+    def no_batching_rule(*args, **kwargs):
+        raise NotImplementedError("Batching rule not implemented for aten::some_op\nmore detail")
+
+    sequential = final_model(tmp_path, "strategy='fedavg'", "inprocess")
+    monkeypatch.setattr(fedsign.vectorized, "train_clients", no_batching_rule)
+    fallback = final_model(tmp_path, "strategy='fedavg'", "vectorized")
+    out = capsys.readouterr().out
+    assert "falling back to sequential clients: NotImplementedError: Batching rule not implemented" in out
+    for key in sequential:
+        assert torch.equal(sequential[key], fallback[key]), key
