@@ -1,159 +1,316 @@
-"""Table 1: strategies x Dirichlet alpha x seeds (x dataset) -> mean +- std of final accuracy.
+"""Table 1: methods x Dirichlet alpha x seeds (x dataset), each method tuned on a validation split.
 
-One run per cell through either engine; a cell whose ``model.safetensors`` exists is
-skipped, so an interrupted sweep resumes where it stopped. FedSign's gamma is chosen
-from a grid per (dataset, alpha) by mean final test accuracy, as the paper does (it
-reports the best gamma; there is no separate validation split), and the winner is
-reported. Outputs under ``--out`` (default ``benchmarks/results``):
-``table1_<preset>.csv`` (one row per dataset x alpha x method x gamma, the shown gamma
-``selected``), ``table1_<preset>.md`` (the paper's layout: rows dataset x alpha, columns the
-six methods, cells mean +- std; then FedSign per gamma and every method's difference to
-FedAvg paired by seed) and ``table1_<preset>_curves.png`` (mean test-accuracy curves).
+Protocol (the same for every preset and method):
 
-    python benchmarks/table1.py --preset cpu                 # the reduced CPU preset
-    python benchmarks/table1.py --preset paper --data-dir cifar10=/data/cifar10 --data-dir cinic10=/data/cinic10
-    python benchmarks/table1.py --preset cpu --aggregate-only # tables from finished cells
+1. **Tuning** on the tuning seed (0): every method runs every value of its grid
+   (``TUNING_GRIDS``; FedAvg has none). The value with the best *validation* accuracy is
+   selected per (dataset, alpha, method); the validation split is held out from the
+   training clients' data (run-config ``validation-fraction``), never the test set.
+2. **Seeds**: the selected value runs on every seed of the preset (the tuning run is
+   reused for seed 0). A seed changes partition, client sampling and initialization together.
+3. **Report**: test accuracy mean +- std over seeds at the selected values, the paired
+   difference to FedAvg (same seeds) with its paired t-test p-value, and, for comparison with
+   the paper (which reports the best gamma on test), a "best on test" column from the tuning seed.
+
+"Final accuracy" is the mean of a run's last ``FINAL_WINDOW`` evaluations (eval-every rounds
+apart), which damps the round-to-round swing of non-IID training. FedDyn is reported, as its
+official code does, by the plain average of the round's participants (``participant_mean_*``
+columns); its server model is in metrics.csv too.
+
+Cells run through the in-process engine (``--engine vectorized`` or ``ray`` also work). A cell
+whose ``model.safetensors`` exists is done, so an interrupted sweep resumes; every cell is claimed
+with a lock file, so several processes (``--workers N``, or the same command started again on
+another GPU) share one sweep without running or deleting each other's cells.
+
+    python benchmarks/table1.py --preset cpu-converged --workers 2     # the CPU table (both cores)
+    python benchmarks/table1.py --preset paper --datasets cifar10 --data-dir cifar10=/data/cifar10
+    python benchmarks/table1.py --preset cpu-converged --aggregate-only  # tables from finished cells
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
+import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsign.config import RunConfig  # noqa: E402
+from fedsign.config import ConfigError, RunConfig  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
 
 METHODS = ("fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign")
 LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "moon": "MOON", "feddyn": "FedDyn",
           "fedpan": "FedPAN", "fedsign": "FedSign"}
+# (run-config key, values) each method is tuned over; FedAvg has nothing to tune.
+TUNING_GRIDS: dict[str, tuple[str, tuple[float, ...]] | None] = {
+    "fedavg": None,
+    "fedprox": ("proximal-mu", (0.001, 0.01, 0.1)),
+    "moon": ("moon-mu", (0.1, 1.0, 5.0)),
+    "feddyn": ("feddyn-alpha", (0.001, 0.01, 0.1)),
+    "fedpan": ("pan-amplitude", (0.05, 0.1, 0.2)),
+    "fedsign": ("fedsign-gamma", (0.001, 0.01, 0.1)),
+}
+# The metrics.csv column prefix of the model each method reports ("" = the server's global model).
+REPORTED_MODEL = {"feddyn": "participant_mean_"}
+FINAL_WINDOW = 3
+TUNING_SEED = 0
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A Table-1 grid: the shared run config plus what varies."""
+    """A Table-1 grid: the run config shared by every cell plus what varies."""
 
     datasets: tuple[str, ...]
     alphas: tuple[float, ...]
-    seeds: tuple[int, ...]
-    gammas: tuple[float, ...]
+    seeds: tuple[int, ...]  # the first is the tuning seed
     common: str  # run-config overrides shared by every cell
-    seeds_by_method: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    engine: str = "inprocess"
+    convergence_check: bool = False  # also run FedAvg at twice the rounds on the tuning seed
 
-    def seeds_for(self, method: str) -> tuple[int, ...]:
-        return self.seeds_by_method.get(method, self.seeds)
+    def config(self, extra: str = "") -> RunConfig:
+        return RunConfig.from_overrides(f"{self.common} {extra}", validate=False)
 
 
 PRESETS = {
-    # The paper's §6.2 / Appendix C settings (FedRepo's VGG8 without BN, unweighted averaging).
+    # The paper's §6.2 / Appendix C settings: FedRepo's VGG8 (no BN), per-client (FedRepo) Dirichlet
+    # partition, unweighted averaging, 100 clients, 10 per round, E = 5, B = 64, 200 rounds.
     "paper": Preset(
-        datasets=("cifar10", "cinic10"), alphas=(10.0, 1.0, 0.5), seeds=(0,), gammas=(0.001, 0.01, 0.1),
+        datasets=("cifar10", "cinic10"), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
         common="model='vgg8' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
-               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10",
-        seeds_by_method={"fedavg": (0, 1, 2, 3, 4), "fedsign": (0, 1, 2, 3, 4)},
+               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10 "
+               "partition-style='per-client' validation-fraction=0.1",
+        engine="vectorized",
     ),
-    # Reduced to finish on 2 CPU cores in about two hours, on real data (Fashion-MNIST).
-    "cpu": Preset(
-        datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2), gammas=(0.001, 0.01, 0.1),
-        common="model='cnn' num-clients=100 clients-per-round=5 num-rounds=10 local-epochs=1 "
-               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=2",
+    # The paper's structure (100 clients, 10 % per round, E = 5, B = 64, SGD lr 0.03 / momentum 0.9 /
+    # wd 1e-5, unweighted mean, alpha in {10, 1, 0.5}) with the data and the model shrunk to fit one CPU
+    # core: a fixed 6,000-image stratified subset of Fashion-MNIST (600 held out for validation, ~54
+    # images per client) and cnn_small; 100 rounds reach FedAvg's plateau (README: convergence check).
+    "cpu-converged": Preset(
+        datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
+        common="model='cnn_small' num-clients=100 clients-per-round=10 num-rounds=100 local-epochs=5 "
+               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10 "
+               "train-samples=6000 validation-fraction=0.1",
+        convergence_check=True,
+    ),
+    # Smallest real run of the whole machinery (tests, GPU-kit dry runs): digits, 3 rounds.
+    "smoke": Preset(
+        datasets=("digits",), alphas=(0.5,), seeds=(0, 1), convergence_check=True,
+        common="model='cnn' num-clients=10 clients-per-round=5 num-rounds=3 local-epochs=1 batch-size=32 "
+               "lr=0.05 momentum=0.9 weighted=false eval-every=1 validation-fraction=0.2",
     ),
 }
-# The cpu preset with Eq. 1's reward summed over elements (the literal reading) instead of the default
-# per-tensor mean, whose gradient per weight is gamma * sigmoid' / (numel * tensors), below 1e-6 gamma for the
-# cnn's large tensors. Only FedSign differs from cpu: run it with --methods fedavg fedsign.
-PRESETS["cpu-sum"] = replace(PRESETS["cpu"], common=PRESETS["cpu"].common + " fedsign-reduction='sum'")
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One run: a method at one hyperparameter value (None: untuned) on one dataset, alpha and seed."""
+
     dataset: str
     alpha: float
     method: str
     seed: int
-    gamma: float | None = None
+    value: float | None = None
+    rounds_factor: int = 1  # 2: the convergence check's double-length run
 
     @property
     def name(self) -> str:
-        g = f"-g{self.gamma:g}" if self.gamma is not None else ""
-        return f"{self.dataset}-a{self.alpha:g}-{self.method}{g}-s{self.seed}"
+        grid = TUNING_GRIDS[self.method]
+        value = f"-{grid[0]}{self.value:g}" if grid and self.value is not None else ""
+        longer = f"-x{self.rounds_factor}" if self.rounds_factor != 1 else ""
+        return f"{self.dataset}-a{self.alpha:g}-{self.method}{value}-s{self.seed}{longer}"
+
+    @property
+    def group(self) -> tuple[str, float, str]:
+        return self.dataset, self.alpha, self.method
 
     def overrides(self, preset: Preset, data_dirs: dict[str, str], out_dir: Path, extra: str) -> str:
-        parts = [preset.common, f"strategy='{self.method}' dataset='{self.dataset}' "
+        common = preset.common
+        if self.rounds_factor != 1:
+            rounds = preset.config(extra).num_rounds * self.rounds_factor
+            common = re.sub(r"num-rounds=\d+", f"num-rounds={rounds}", common)
+        parts = [common, f"strategy='{self.method}' dataset='{self.dataset}' "
                  f"dirichlet-alpha={self.alpha} seed={self.seed} out-dir='{out_dir}'"]
-        if self.gamma is not None:
-            parts.append(f"fedsign-gamma={self.gamma}")
+        grid = TUNING_GRIDS[self.method]
+        if grid and self.value is not None:
+            parts.append(f"{grid[0]}={self.value}")
         if self.dataset in data_dirs:
             parts.append(f"data-dir='{data_dirs[self.dataset]}'")
         parts.append(extra)
         return " ".join(p for p in parts if p)
 
 
-def cells(preset: Preset, methods: tuple[str, ...]) -> list[Cell]:
-    """Every cell, seed-major, so a partial sweep already has whole rows for its first seeds."""
+def tuning_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]) -> list[Cell]:
+    """Every grid value of every method on the tuning seed (plus the convergence check)."""
     grid = []
-    for seed in sorted({s for m in methods for s in preset.seeds_for(m)}):
-        for dataset in preset.datasets:
-            for alpha in preset.alphas:
-                for method in methods:
-                    if seed not in preset.seeds_for(method):
-                        continue
-                    for gamma in preset.gammas if method == "fedsign" else (None,):
-                        grid.append(Cell(dataset, alpha, method, seed, gamma))
+    for dataset in datasets:
+        for alpha in preset.alphas:
+            for method in methods:
+                values = TUNING_GRIDS[method][1] if TUNING_GRIDS[method] else (None,)
+                grid += [Cell(dataset, alpha, method, preset.seeds[0], v) for v in values]
+            if preset.convergence_check and "fedavg" in methods:
+                grid.append(Cell(dataset, alpha, "fedavg", preset.seeds[0], None, rounds_factor=2))
     return grid
 
 
-def run_cell(overrides: str, engine: str) -> None:
-    if engine == "inprocess":
-        from fedsign.engine import run_inprocess
+def seed_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...],
+               selected: dict[tuple[str, float, str], float | None]) -> list[Cell]:
+    """The selected value of each (dataset, alpha, method) with a finished tuning on the other seeds."""
+    return [Cell(d, a, m, seed, selected[(d, a, m)]) for seed in preset.seeds[1:] for d in datasets
+            for a in preset.alphas for m in methods if (d, a, m) in selected]
 
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-        run_inprocess(RunConfig.from_overrides(overrides).resolved(), progress=False)
-    else:
+
+# ----------------------------------------------------------------------------- reading cells
+def final_value(history: list[dict], column: str) -> float | None:
+    """Mean of ``column`` over a run's last ``FINAL_WINDOW`` evaluations."""
+    values = [r[column] for r in history if r.get(column) is not None]
+    return statistics.mean(values[-FINAL_WINDOW:]) if values else None
+
+
+def cell_summary(cell: Cell, history: list[dict]) -> dict:
+    """Final test and validation accuracy of the reported model, term strength and sign consistency."""
+    prefix = REPORTED_MODEL.get(cell.method, "")
+    ratios = [r["term_grad_ratio"] for r in history if r.get("term_grad_ratio") is not None]
+    return {"test": final_value(history, f"{prefix}accuracy"), "val": final_value(history, f"{prefix}val_accuracy"),
+            "term_grad_ratio": statistics.median(ratios) if ratios else None,
+            "ssr_clients": final_value(history, "ssr_clients"),
+            "curve": [(r["round"], r[f"{prefix}accuracy"]) for r in history if r.get(f"{prefix}accuracy") is not None]}
+
+
+def finished_cells(runs: Path, cells: list[Cell]) -> dict[Cell, dict]:
+    return {c: cell_summary(c, read_metrics(runs / c.name)) for c in cells
+            if (runs / c.name / "model.safetensors").exists()}
+
+
+def select_values(tuned: dict[Cell, dict], preset: Preset, methods: tuple[str, ...],
+                  datasets: tuple[str, ...], key: str = "val") -> dict[tuple[str, float, str], float | None]:
+    """Per (dataset, alpha, method) whose tuning finished: the grid value with the best ``key`` accuracy
+    (``"val"``: the selection rule; ``"test"``: the paper's best-on-test)."""
+    selected = {}
+    for d in datasets:
+        for a in preset.alphas:
+            for m in methods:
+                values = TUNING_GRIDS[m][1] if TUNING_GRIDS[m] else (None,)
+                runs = [(tuned.get(Cell(d, a, m, preset.seeds[0], v)), v) for v in values]
+                if all(r is not None and r[key] is not None for r, _ in runs):
+                    selected[(d, a, m)] = max(runs, key=lambda rv: rv[0][key])[1]
+    return selected
+
+
+# ----------------------------------------------------------------------------- running cells
+class CellLock:
+    """``<cell>.lock`` created exclusively, holding the owner's PID; a lock whose PID is gone is stale."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    return False
+                self.path.unlink(missing_ok=True)  # stale: its process died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner_alive(self) -> bool:
+        try:
+            pid = int(self.path.read_text().strip() or 0)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            return False
+        except PermissionError:
+            return True
+        return pid > 0
+
+
+def run_cell(overrides: str, engine: str) -> None:
+    if engine == "ray":
         subprocess.run([sys.executable, "-m", "fedsign.cli", "simulate", "--run-config", overrides], check=True,
                        stdout=subprocess.DEVNULL)
+        return
+    from fedsign.engine import run_inprocess
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    run_inprocess(RunConfig.from_overrides(f"{overrides} engine='{engine}'").resolved(), progress=False)
 
 
-def final_accuracies(finished: dict[Cell, list[dict]], dataset: str, alpha: float, method: str,
-                     gamma: float | None) -> dict[int, float]:
-    """Final test accuracy per seed of the finished cells of one (dataset, alpha, method, gamma)."""
-    return {c.seed: history[-1]["accuracy"] for c, history in finished.items()
-            if (c.dataset, c.alpha, c.method, c.gamma) == (dataset, alpha, method, gamma)}
+def validate_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], data_dirs: dict[str, str],
+                   runs: Path, extra: str) -> None:
+    """Validate one cell per dataset x method x grid value before anything runs (bad config or data: exit 2)."""
+    for cell in tuning_cells(preset, methods, datasets):
+        try:
+            RunConfig.from_overrides(cell.overrides(preset, data_dirs, runs / cell.name, extra))
+        except ConfigError as err:
+            hint = f" (or leave it out: --datasets {' '.join(d for d in datasets if d != cell.dataset)})" \
+                if len(datasets) > 1 else ""
+            sys.exit(f"error: cell {cell.name}: {err}{hint}")
 
 
-def summarize(finished: dict[Cell, list[dict]], preset: Preset, methods: tuple[str, ...]) -> list[dict]:
-    """One row per (dataset, alpha, method, gamma) with finished cells: per-seed final accuracies, mean,
-    std (None for one seed); ``selected`` marks the gamma with the best mean (the only gamma for
-    methods without one), which is the one the table shows."""
-    rows = []
-    for dataset in preset.datasets:
-        for alpha in preset.alphas:
-            for method in methods:
-                options = []
-                for gamma in preset.gammas if method == "fedsign" else (None,):
-                    accs = final_accuracies(finished, dataset, alpha, method, gamma)
-                    if accs:
-                        values = list(accs.values())
-                        options.append({"dataset": dataset, "alpha": alpha, "method": method, "gamma": gamma,
-                                        "seeds": len(values), "mean": statistics.mean(values),
-                                        "std": statistics.stdev(values) if len(values) > 1 else None,
-                                        "accuracies": accs, "selected": False})
-                if options:
-                    max(options, key=lambda r: r["mean"])["selected"] = True
-                rows.extend(options)
-    return rows
+def next_cell(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], runs: Path
+              ) -> tuple[Cell | None, CellLock | None, bool]:
+    """(cell, its lock) to run next; (None, None, waiting) when none is free, ``waiting`` if some cells
+    are still running elsewhere or wait for a tuning that runs elsewhere."""
+    tuning = tuning_cells(preset, methods, datasets)
+    tuned = finished_cells(runs, tuning)
+    candidates = tuning + seed_cells(preset, methods, datasets, select_values(tuned, preset, methods, datasets))
+    waiting = len(select_values(tuned, preset, methods, datasets)) < len(datasets) * len(preset.alphas) * len(methods)
+    for cell in candidates:
+        if (runs / cell.name / "model.safetensors").exists():
+            continue
+        lock = CellLock(runs / f"{cell.name}.lock")
+        if lock.acquire():
+            return cell, lock, waiting
+        waiting = True
+    return None, None, waiting
 
 
+def work(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], data_dirs: dict[str, str],
+         runs: Path, extra: str, engine: str, time_budget: float) -> int:
+    """Run cells until none is left (or ``time_budget`` seconds have passed); return how many ran."""
+    start, done = time.perf_counter(), 0
+    while time_budget <= 0 or time.perf_counter() - start < time_budget:
+        cell, lock, waiting = next_cell(preset, methods, datasets, runs)
+        if cell is None:
+            if not waiting:
+                break
+            time.sleep(10)  # another process holds the remaining cells or the tunings they wait for
+            continue
+        try:
+            cell_dir = runs / cell.name
+            if cell_dir.exists():  # an interrupted cell (its lock was stale) restarts from scratch
+                shutil.rmtree(cell_dir)
+            began = time.perf_counter()
+            run_cell(cell.overrides(preset, data_dirs, cell_dir, extra), engine)
+            summary = cell_summary(cell, read_metrics(cell_dir))
+            done += 1
+            print(f"[pid {os.getpid()}] {cell.name}: test {summary['test']:.4f} val {summary['val'] or 0:.4f} "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+        finally:
+            lock.release()
+    return done
+
+
+# ----------------------------------------------------------------------------- statistics and tables
 def paired_difference(row: dict, baseline: dict) -> dict | None:
     """``row`` minus ``baseline`` on their common seeds (same seed = same partition, sampling and
     initialization): mean and std of the per-seed differences, the paired t-test p-value, and whether
@@ -174,106 +331,169 @@ def paired_difference(row: dict, baseline: dict) -> dict | None:
     return result
 
 
+def summarize(finished: dict[Cell, dict], preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]
+              ) -> list[dict]:
+    """One row per (dataset, alpha, method) with a selected value: per-seed test accuracies at that value,
+    mean and std, the validation accuracy it was chosen by, and the best-on-test value of the tuning seed."""
+    tuned = {c: s for c, s in finished.items() if c.seed == preset.seeds[0] and c.rounds_factor == 1}
+    selected = select_values(tuned, preset, methods, datasets)
+    best_on_test = select_values(tuned, preset, methods, datasets, key="test")
+    rows = []
+    for (d, a, m), value in selected.items():
+        accs = {c.seed: s["test"] for c, s in finished.items()
+                if (c.dataset, c.alpha, c.method, c.value, c.rounds_factor) == (d, a, m, value, 1)}
+        values = list(accs.values())
+        best = best_on_test[(d, a, m)]
+        rows.append({"dataset": d, "alpha": a, "method": m, "key": TUNING_GRIDS[m][0] if TUNING_GRIDS[m] else "",
+                     "value": value, "seeds": len(values), "mean": statistics.mean(values),
+                     "std": statistics.stdev(values) if len(values) > 1 else None, "accuracies": accs,
+                     "val": tuned[Cell(d, a, m, preset.seeds[0], value)]["val"], "best_test_value": best,
+                     "best_test": tuned[Cell(d, a, m, preset.seeds[0], best)]["test"]})
+    return rows
+
+
 def _percent(mean: float, std: float | None, signed: bool = False) -> str:
     text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
     return text + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
 
 
-def render_markdown(rows: list[dict], preset_name: str, preset: Preset, methods: tuple[str, ...],
-                    finished: int, total: int) -> str:
-    """The paper's layout (rows dataset x alpha, columns methods), FedSign per gamma, and the paired
-    differences to FedAvg."""
-    selected = {(r["dataset"], r["alpha"], r["method"]): r for r in rows if r["selected"]}
-    by_gamma = {(r["dataset"], r["alpha"], r["gamma"]): r for r in rows if r["method"] == "fedsign"}
-    keys = [(d, a) for d in preset.datasets for a in preset.alphas]
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
 
-    def table(header: list[str], body: list[list[str]]) -> str:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
 
-    main_body = []
-    for d, a in keys:
-        cells = []
-        for m in methods:
-            r = selected.get((d, a, m))
-            won = f" (γ={r['gamma']:g})" if r and r["gamma"] is not None else ""
-            cells.append(_percent(r["mean"], r["std"]) + won if r else "–")
-        main_body.append([d, f"{a:g}", *cells])
+def _value(row: dict | None, value: float | None) -> str:
+    return "" if row is None or value is None else f" ({row['key']}={value:g})"
+
+
+def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: str, preset: Preset,
+                    methods: tuple[str, ...], datasets: tuple[str, ...], total: int) -> str:
+    """Tables: selected values (paper layout), best-on-test, paired differences to FedAvg, FedSign per gamma,
+    and the convergence check."""
+    by_key = {(r["dataset"], r["alpha"], r["method"]): r for r in rows}
+    keys = [(d, a) for d in datasets for a in preset.alphas]
+    style = preset.config().partition_style
     parts = [
-        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({finished} of {total} runs finished).\n"
-        f"Settings: {preset.common}.\n\n"
-        f"Final test accuracy (%), mean ± std over seeds; FedSign's γ chosen per row from "
-        f"{', '.join(f'{g:g}' for g in preset.gammas)} by mean test accuracy (as the paper, which has no "
-        f"validation split; this favours FedSign by a best-of-{len(preset.gammas)} choice).\n",
-        table(["dataset", "Dir. α", *(LABELS[m] for m in methods)], main_body),
+        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({len(finished)} of {total} runs finished).\n"
+        f"Settings: {preset.common}. Dirichlet partition style: **{style}**"
+        f"{' (FedRepo: each client draws its class mix)' if style == 'per-client' else ' (NIID-Bench: each class drawn over clients)'}.\n\n"
+        f"Test accuracy (%) at the value selected on the validation split (tuning seed {preset.seeds[0]}), mean ± std "
+        f"over seeds {', '.join(map(str, preset.seeds))}; accuracy = mean of each run's last {FINAL_WINDOW} "
+        f"evaluations. FedDyn: participants' average (as its official code reports).\n",
+        _table(["dataset", "Dir. α", *(LABELS[m] for m in methods)],
+               [[d, f"{a:g}", *(_percent(by_key[(d, a, m)]["mean"], by_key[(d, a, m)]["std"])
+                                + _value(by_key[(d, a, m)], by_key[(d, a, m)]["value"])
+                                if (d, a, m) in by_key else "–" for m in methods)] for d, a in keys]),
+        f"Best on test (seed {preset.seeds[0]} only, the paper's choice of γ): test accuracy (%) of the grid value "
+        f"with the best test accuracy; it favours every tuned method by a best-of-3 choice on the test set.\n",
+        _table(["dataset", "Dir. α", *(LABELS[m] for m in methods)],
+               [[d, f"{a:g}", *(f"{100 * by_key[(d, a, m)]['best_test']:.2f}"
+                                + _value(by_key[(d, a, m)], by_key[(d, a, m)]["best_test_value"])
+                                if (d, a, m) in by_key else "–" for m in methods)] for d, a in keys]),
     ]
-    if "fedsign" in methods:
-        gamma_body = [[d, f"{a:g}", *(_percent(by_gamma[(d, a, g)]["mean"], by_gamma[(d, a, g)]["std"])
-                                      if (d, a, g) in by_gamma else "–" for g in preset.gammas)] for d, a in keys]
-        parts += ["FedSign for every γ (%):\n", table(["dataset", "Dir. α", *(f"γ={g:g}" for g in preset.gammas)],
-                                                     gamma_body)]
     if "fedavg" in methods and len(methods) > 1:
         others = [m for m in methods if m != "fedavg"]
-        diff_body = []
+        body = []
         for d, a in keys:
             cells = []
             for m in others:
-                base, row = selected.get((d, a, "fedavg")), selected.get((d, a, m))
+                base, row = by_key.get((d, a, "fedavg")), by_key.get((d, a, m))
                 diff = paired_difference(row, base) if base and row else None
                 if diff is None:
                     cells.append("–")
                     continue
-                note = "" if diff["p"] is None else f" (p={diff['p']:.2f}{', beyond spread' if diff['beyond_spread'] else ''})"
-                cells.append(_percent(diff["mean"], diff["std"], signed=True) + note)
-            diff_body.append([d, f"{a:g}", *cells])
-        parts += ["Difference to FedAvg in accuracy points, paired by seed (same seed = same partition, client "
-                  "sampling and initialization): mean ± std of the per-seed differences, paired t-test p; "
-                  "\"beyond spread\" when |mean| exceeds the larger of the two methods' seed stds.\n",
-                  table(["dataset", "Dir. α", *(LABELS[m] for m in others)], diff_body)]
+                verdict = "" if diff["p"] is None else (
+                    f" (p={diff['p']:.2f}, {'beyond' if diff['beyond_spread'] else 'within'} seed spread)")
+                cells.append(_percent(diff["mean"], diff["std"], signed=True) + verdict)
+            body.append([d, f"{a:g}", *cells])
+        parts += ["Difference to FedAvg in accuracy points, paired by seed: mean ± std of the per-seed differences, "
+                  "paired t-test p; \"within seed spread\" when |mean| does not exceed the larger of the two methods' "
+                  "seed stds (then the difference is noise at this number of seeds).\n",
+                  _table(["dataset", "Dir. α", *(LABELS[m] for m in others)], body)]
+    if "fedsign" in methods:
+        body = []
+        for d, a in keys:
+            base = finished.get(Cell(d, a, "fedavg", preset.seeds[0]))
+            for gamma in TUNING_GRIDS["fedsign"][1]:
+                s = finished.get(Cell(d, a, "fedsign", preset.seeds[0], gamma))
+                if s is None:
+                    continue
+                body.append([d, f"{a:g}", f"{gamma:g}", f"{100 * s['test']:.2f}", f"{100 * s['val']:.2f}",
+                             f"{s['term_grad_ratio']:.3g}" if s["term_grad_ratio"] is not None else "–",
+                             f"{s['ssr_clients']:.4f}" if s["ssr_clients"] is not None else "–",
+                             f"{base['ssr_clients']:.4f}" if base and base["ssr_clients"] is not None else "–"])
+        parts += [f"FedSign per γ on seed {preset.seeds[0]}: test and validation accuracy (%), the median over rounds "
+                  "of term_grad_ratio (‖∇term‖/‖∇CE‖ on the first local step, median over the round's clients) and "
+                  "the clients' sign-consistency ratio with the global model they received (mean of the last "
+                  f"{FINAL_WINDOW} evaluated rounds), beside FedAvg's.\n",
+                  _table(["dataset", "Dir. α", "γ", "test", "val", "term_grad_ratio", "client SSR", "FedAvg SSR"],
+                         body)]
+    checks = []
+    for d, a in keys:
+        short = finished.get(Cell(d, a, "fedavg", preset.seeds[0]))
+        long = finished.get(Cell(d, a, "fedavg", preset.seeds[0], None, rounds_factor=2))
+        if short and long:
+            gap = 100 * (long["test"] - short["test"])
+            checks.append([d, f"{a:g}", f"{100 * short['test']:.2f}", f"{100 * long['test']:.2f}", f"{gap:+.2f}",
+                           "yes" if abs(gap) <= 1 else "no"])
+    if checks:
+        rounds = preset.config().num_rounds
+        parts += [f"Convergence check (FedAvg, seed {preset.seeds[0]}): test accuracy (%) after {rounds} and "
+                  f"{2 * rounds} rounds; converged when within 1 point.\n",
+                  _table(["dataset", "Dir. α", f"{rounds} rounds", f"{2 * rounds} rounds", "gain", "converged"], checks)]
     return "\n".join(parts)
 
 
-def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: tuple[str, ...]) -> str:
-    """Write the CSV, markdown tables and curves of the finished cells; return the markdown."""
-    finished = {c: read_metrics(runs / c.name) for c in cells(preset, methods)
-                if (runs / c.name / "model.safetensors").exists()}
-    rows = summarize(finished, preset, methods)
+def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: tuple[str, ...],
+              datasets: tuple[str, ...]) -> str:
+    """Write ``table1_<preset>.{csv,md}`` and ``table1_<preset>_curves.png`` from the finished cells."""
+    tuning = tuning_cells(preset, methods, datasets)
+    finished = finished_cells(runs, tuning)
+    seeds = seed_cells(preset, methods, datasets, select_values(finished, preset, methods, datasets))
+    finished.update(finished_cells(runs, seeds))
+    rows = summarize(finished, preset, methods, datasets)
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"table1_{preset_name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", "alpha", "method", "gamma", "selected", "seeds", "mean",
-                                               "std", "accuracies"])
+        writer = csv.DictWriter(f, fieldnames=["dataset", "alpha", "method", "key", "value", "seeds", "mean", "std",
+                                               "accuracies", "val", "best_test_value", "best_test"])
         writer.writeheader()
         writer.writerows({**r, "accuracies": " ".join(f"{s}:{acc}" for s, acc in sorted(r["accuracies"].items()))}
                          for r in rows)
-    markdown = render_markdown(rows, preset_name, preset, methods, len(finished), len(cells(preset, methods)))
+    (out / f"table1_{preset_name}_cells.json").write_text(json.dumps(
+        {c.name: {k: v for k, v in s.items() if k != "curve"} for c, s in sorted(finished.items(),
+                                                                                    key=lambda cs: cs[0].name)},
+        indent=1) + "\n")
+    markdown = render_markdown(rows, finished, preset_name, preset, methods, datasets,
+                               len(tuning) + len(seed_cells(preset, methods, datasets,
+                                                            {(r["dataset"], r["alpha"], r["method"]): r["value"]
+                                                             for r in rows})) if rows else len(tuning))
     (out / f"table1_{preset_name}.md").write_text(markdown)
-    curves = {(r["dataset"], r["alpha"], r["method"]): _mean_curve(
-        [finished[c] for c in finished if (c.dataset, c.alpha, c.method, c.gamma)
-         == (r["dataset"], r["alpha"], r["method"], r["gamma"])]) for r in rows if r["selected"]}
-    _plot_curves(curves, preset, methods, out / f"table1_{preset_name}_curves.png")
+    curves = {}
+    for r in rows:
+        histories = [s["curve"] for c, s in finished.items()
+                     if (c.dataset, c.alpha, c.method, c.value, c.rounds_factor) == (r["dataset"], r["alpha"],
+                                                                                      r["method"], r["value"], 1)]
+        rounds = [rnd for rnd, _ in histories[0]]
+        curves[(r["dataset"], r["alpha"], r["method"])] = (
+            rounds, [statistics.mean(dict(h)[rnd] for h in histories) for rnd in rounds])
+    _plot_curves(curves, preset, methods, datasets, out / f"table1_{preset_name}_curves.png")
     return markdown
 
 
-def _mean_curve(histories: list[list[dict]]) -> tuple[list[int], list[float]]:
-    rounds = [r["round"] for r in histories[0] if r.get("accuracy") is not None]
-    means = [statistics.mean(next(r["accuracy"] for r in h if r["round"] == rnd) for h in histories)
-             for rnd in rounds]
-    return rounds, means
-
-
-def _plot_curves(curves: dict, preset: Preset, methods: tuple[str, ...], path: Path) -> None:
+def _plot_curves(curves: dict, preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...],
+                 path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(d, a) for d in preset.datasets for a in preset.alphas]
+    panels = [(d, a) for d in datasets for a in preset.alphas]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (dataset, alpha) in zip(axes[0], panels):
         for method in methods:
             if (dataset, alpha, method) in curves:
                 ax.plot(*curves[(dataset, alpha, method)], label=LABELS[method])
-        ax.set_title(f"{dataset}, α={alpha:g}")
+        ax.set_title(f"{dataset}, α={alpha:g} (mean over seeds)")
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
@@ -285,39 +505,54 @@ def _plot_curves(curves: dict, preset: Preset, methods: tuple[str, ...], path: P
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-converged")
+    parser.add_argument("--engine", choices=("inprocess", "vectorized", "ray"), default=None,
+                        help="default: the preset's (vectorized for paper, inprocess otherwise)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--datasets", nargs="+", default=None, help="a subset of the preset's datasets")
     parser.add_argument("--data-dir", action="append", default=[], metavar="DATASET=PATH")
     parser.add_argument("--extra", default="", help="more run-config overrides for every cell, e.g. \"device='cuda'\"")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the sweep (cell locks)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (CPU results are bitwise reproducible per thread count)")
+    parser.add_argument("--time-budget", type=float, default=0.0,
+                        help="seconds after which no new cell starts (0: run to the end)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--runs", default="", help="cell folders (default <out>/table1_runs/<preset>)")
     parser.add_argument("--aggregate-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
     methods = tuple(args.methods)
+    datasets = tuple(args.datasets or preset.datasets)
+    unknown = [d for d in datasets if d not in preset.datasets]
+    if unknown:
+        parser.error(f"--datasets {unknown[0]!r}: the {args.preset} preset has {', '.join(preset.datasets)}")
     bad = [item for item in args.data_dir if "=" not in item or item.split("=", 1)[0] not in preset.datasets]
     if bad:
         parser.error(f"--data-dir {bad[0]!r}: write DATASET=PATH with DATASET one of {', '.join(preset.datasets)}")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
     data_dirs = dict(item.split("=", 1) for item in args.data_dir)
     out = Path(args.out)
     runs = Path(args.runs) if args.runs else out / "table1_runs" / args.preset
+    engine = args.engine or preset.engine
     if not args.aggregate_only:
-        todo = [c for c in cells(preset, methods) if not (runs / c.name / "model.safetensors").exists()]
-        for c in todo:  # validate every cell before the first run starts
-            RunConfig.from_overrides(c.overrides(preset, data_dirs, runs / c.name, args.extra))
-        for i, c in enumerate(todo, 1):
-            start = time.perf_counter()
-            cell_dir = runs / c.name
-            if cell_dir.exists():  # an interrupted cell restarts from scratch
-                shutil.rmtree(cell_dir)
-            run_cell(c.overrides(preset, data_dirs, cell_dir, args.extra), args.engine)
-            acc = read_metrics(cell_dir)[-1]["accuracy"]
-            print(f"[{i}/{len(todo)}] {c.name}: accuracy {acc:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    print(aggregate(args.preset, preset, runs, out, methods))
+        import torch
+
+        torch.set_num_threads(args.threads)
+        validate_cells(preset, methods, datasets, data_dirs, runs, args.extra)
+        if args.workers > 1:  # more processes of this same command; each claims cells by lock
+            command = [sys.executable, __file__, *[a for a in (argv if argv is not None else sys.argv[1:])]]
+            workers = [subprocess.Popen([*command, "--workers", "1"]) for _ in range(args.workers - 1)]
+            work(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget)
+            if any(w.wait() for w in workers):
+                sys.exit("error: a worker process failed; rerun the same command to resume")
+        else:
+            work(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget)
+    print(aggregate(args.preset, preset, runs, out, methods, datasets))
 
 
 if __name__ == "__main__":

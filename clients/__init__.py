@@ -1,6 +1,6 @@
 """Client-side algorithms: objectives and per-client state, one module each."""
 
-from clients.base import ClientAlgorithm, ClientState
+from clients.base import ClientAlgorithm, ClientRound, ClientState
 from clients.fedavg import FedAvgClient
 from clients.feddyn import FedDynClient
 from clients.fedpan import FedPANClient
@@ -34,6 +34,7 @@ def make_client_algorithm(config: RunConfig) -> ClientAlgorithm:
 __all__ = [
     "CLIENT_ALGORITHMS",
     "ClientAlgorithm",
+    "ClientRound",
     "ClientState",
     "FedAvgClient",
     "FedDynClient",

@@ -19,9 +19,7 @@ class FedProxClient(ClientAlgorithm):
     """Local objective CE + ``proximal_term`` with mu = ``proximal-mu``; no state."""
 
     name = "fedprox"
+    has_term = True
 
-    def term_inputs(self, model, global_params, state, config):
-        return {}
-
-    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+    def loss_term(self, *, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
         return proximal_term(params, global_params, config.proximal_mu)

@@ -3,14 +3,22 @@
 For every element of every trainable tensor,
 ``u = sgp(theta_t) * sigmoid(theta_k) + sgp(-theta_t) * sigmoid(-theta_k)`` with
 ``sgp(x) = 1 if x > 0 else 0`` and ``theta_t`` the received global model; the term is
-``-gamma * R(u)``. Eq. 1 leaves the reduction R open:
+``-gamma * R(u)`` over all N trainable elements (T tensors). Eq. 1 leaves the reduction R
+open; the gradient per weight is ``-gamma * sigmoid'(theta_k) * sign(theta_t) * c`` with
+``sigmoid' <= 1/4`` and c:
 
-- ``"mean"`` (default): each tensor's mean of u, averaged over the tensors (the
-  convention of the authors' FedRepo regularizers); gradient
-  ``-gamma * sigmoid'(theta_k) * sign(theta_t) / (numel * num_tensors)``.
-- ``"sum"``: the sum of u over all elements (the literal reading); gradient
-  ``-gamma * sigmoid'(theta_k) * sign(theta_t)``, which pushes every weight away from
-  zero by up to lr*gamma/4 per step whatever the model's size.
+- ``"sum"`` (Eq. 1 literally): c = 1. The term's gradient norm is ~ gamma * sqrt(N) / 4,
+  so its strength grows with the model: at the paper's gamma = 0.1 the cnn collapses and
+  VGG8 diverges already at 0.01.
+- ``"root4"`` (default): the sum divided by N^(1/4), c = N^(-1/4); gradient norm
+  ~ gamma * N^(1/4) / 4. Measured on the first local step (benchmarks/README.md, "Eq. 1's
+  reduction"), gamma in {0.001, 0.01, 0.1} spans ||grad term|| / ||grad CE|| of about
+  0.01 -> 1 on both the cnn (0.4M weights) and VGG8 (4.4M).
+- ``"sqrt"``: the sum divided by sqrt(N), c = N^(-1/2); gradient norm ~ gamma / 4
+  whatever the size, i.e. weak (ratio <= 0.06 at gamma = 0.1 on both models).
+- ``"mean"``: each tensor's mean of u, averaged over the tensors (the convention of the
+  authors' FedRepo regularizers), c = 1 / (numel(tensor) * T); numerically inert at the
+  paper's gammas (ratio ~1e-4 at gamma = 0.01).
 
 The same term can be added to any other algorithm (run-config ``sign-gamma`` > 0), see
 :class:`WithSignTerm`.
@@ -24,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clients.base import ClientAlgorithm, ClientState
+from clients.base import ClientAlgorithm, ClientRound
 from fedsign.config import SIGN_REDUCTIONS, RunConfig
 
 
@@ -36,18 +44,18 @@ def sign_agreement_scores(local: Tensor, global_: Tensor) -> Tensor:
 
 
 def sign_term(
-    local: Mapping[str, Tensor], global_: Mapping[str, Tensor], gamma: float, reduction: str = "mean"
+    local: Mapping[str, Tensor], global_: Mapping[str, Tensor], gamma: float, reduction: str = "root4"
 ) -> Tensor:
-    """-gamma * R(u) over the tensors of ``global_`` (R: ``"mean"`` or ``"sum"``, module docstring)."""
+    """-gamma * R(u) over the tensors of ``global_`` (R: one of ``SIGN_REDUCTIONS``, module docstring)."""
     scores = [sign_agreement_scores(local[k], g) for k, g in global_.items()]
     if reduction == "mean":
-        total = sum(u.mean() for u in scores) / len(scores)
-    elif reduction == "sum":
-        total = sum(u.sum() for u in scores)
-    else:
-        raise ValueError(f"unknown sign-term reduction {reduction!r}; "
-                         f"use one of {', '.join(SIGN_REDUCTIONS)}")
-    return -gamma * total
+        return -gamma * sum(u.mean() for u in scores) / len(scores)
+    if reduction not in SIGN_REDUCTIONS:
+        raise ValueError(f"unknown sign-term reduction {reduction!r}; use one of {', '.join(SIGN_REDUCTIONS)}")
+    total = sum(u.sum() for u in scores)
+    numel = sum(u.numel() for u in scores)
+    scale = {"sum": 1.0, "root4": numel ** -0.25, "sqrt": numel ** -0.5}[reduction]
+    return -gamma * scale * total
 
 
 class FedSignClient(ClientAlgorithm):
@@ -55,11 +63,9 @@ class FedSignClient(ClientAlgorithm):
     R = ``fedsign-reduction``; no state."""
 
     name = "fedsign"
+    has_term = True
 
-    def term_inputs(self, model, global_params, state, config):
-        return {}
-
-    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+    def loss_term(self, *, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
         return sign_term(params, global_params, config.fedsign_gamma, config.fedsign_reduction)
 
 
@@ -73,8 +79,10 @@ class WithSignTerm(ClientAlgorithm):
     gamma : float
         Weight of the sign term (run-config ``sign-gamma``).
     reduction : str
-        ``"mean"`` or ``"sum"`` (run-config ``fedsign-reduction``).
+        One of ``SIGN_REDUCTIONS`` (run-config ``fedsign-reduction``).
     """
+
+    has_term = True
 
     def __init__(self, inner: ClientAlgorithm, gamma: float, reduction: str) -> None:
         self.inner, self.gamma, self.reduction = inner, gamma, reduction
@@ -86,18 +94,15 @@ class WithSignTerm(ClientAlgorithm):
     def prepare_model(self, model: nn.Module, config: RunConfig) -> None:
         self.inner.prepare_model(model, config)
 
-    def term_inputs(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> dict[str, Any]:
-        return {"inner": self.inner.term_inputs(model, global_params, state, config)}
+    def term_inputs(self, ctx: ClientRound) -> dict[str, Any]:
+        return self.inner.term_inputs(ctx) if self.inner.has_term else {}
 
-    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+    def loss_term(self, *, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
         sign = sign_term(params, global_params, self.gamma, self.reduction)
-        if inputs["inner"] is None:
+        if not self.inner.has_term:
             return sign
-        return self.inner.loss_term(model, params, features, x, y, inputs["inner"], global_params, config) + sign
+        return sign + self.inner.loss_term(model=model, params=params, features=features, x=x, y=y, inputs=inputs,
+                                           global_params=global_params, config=config)
 
-    def finish(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> dict[str, float]:
-        return self.inner.finish(model, global_params, state, config)
+    def finish(self, ctx: ClientRound) -> dict[str, float]:
+        return self.inner.finish(ctx)

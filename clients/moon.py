@@ -11,9 +11,16 @@ no signal, and the headed CNN stays at chance on digits for 8 rounds even with
     l_con = -log( e^{cos(z,z_g)/tau} / (e^{cos(z,z_g)/tau} + e^{cos(z,z_prev)/tau}) )
 
 where z, z_g and z_prev are the features the classifier receives under the local model,
-the received global model and this client's own previous local model (the received
-global model on the client's first round, so l_con has zero gradient then). As in the
-official code, the two frozen models run in eval mode (BN running statistics, no
+the received global model and this client's own previous local model. A client taking
+part for the first time has no previous model; ``moon-first-previous`` says what stands in:
+
+- ``"init"`` (default): the run's initial global model θ⁰ (the authors' FedRepo code);
+- ``"random"``: a fresh model initialized from a seed of this client and run (official
+  QinbinLi/MOON, which starts every client from its own freshly initialized net);
+- ``"global"``: the received global model, so z_prev = z_g and l_con is the constant log 2
+  with zero gradient on a client's first round (this project's earlier behaviour).
+
+As in the official code, the two frozen models run in eval mode (BN running statistics, no
 dropout) and without gradients; they are evaluated with ``torch.func.functional_call``
 on the local model object with their own parameters and buffers.
 """
@@ -27,10 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from clients.base import ClientAlgorithm, ClientState
+from clients.base import ClientAlgorithm, ClientRound
 from fedsign.config import RunConfig
+from fedsign.training import derive_seed
 
 STATE_KEY = "moon-previous-model"
+RANDOM_INIT_STREAM = 1  # separates the "random" stand-in's seed from other per-client draws
 
 
 def moon_contrastive_loss(z: Tensor, z_global: Tensor, z_previous: Tensor, temperature: float) -> Tensor:
@@ -65,6 +74,7 @@ class MOONClient(ClientAlgorithm):
     state: this client's previous local model."""
 
     name = "moon"
+    has_term = True
 
     def model_options(self, config: RunConfig) -> dict[str, Any]:
         return {"projection_dim": config.moon_out_dim} if config.moon_head else {}
@@ -76,25 +86,30 @@ class MOONClient(ClientAlgorithm):
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
 
-    def term_inputs(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> dict[str, Any]:
-        """The received global model and this client's previous model (the global one on
-        its first round), parameters and buffers."""
-        global_model = float_state(model)
-        stored = state.get(STATE_KEY)
-        previous_model = global_model if stored is None else {
+    def first_previous(self, ctx: ClientRound, global_model: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The stand-in for a first-time client's previous model (``moon-first-previous``)."""
+        mode = ctx.config.moon_first_previous
+        if mode == "global":
+            return global_model
+        seed = ctx.config.seed if mode == "init" else derive_seed(ctx.config.seed, ctx.partition_id,
+                                                                  RANDOM_INIT_STREAM)
+        device = next(iter(global_model.values())).device
+        return {k: v.to(device) for k, v in float_state(ctx.fresh_model(seed)).items()}
+
+    def term_inputs(self, ctx: ClientRound) -> dict[str, Any]:
+        """The received global model and this client's previous model, parameters and buffers."""
+        global_model = float_state(ctx.model)
+        stored = ctx.state.get(STATE_KEY)
+        previous_model = self.first_previous(ctx, global_model) if stored is None else {
             k: v.to(device=global_model[k].device, dtype=global_model[k].dtype) for k, v in stored.items()
         }
         return {"global": global_model, "previous": previous_model}
 
-    def loss_term(self, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
+    def loss_term(self, *, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
         z_global = frozen_features(model, inputs["global"], x)
         z_previous = frozen_features(model, inputs["previous"], x)
         return config.moon_mu * moon_contrastive_loss(features, z_global, z_previous, config.moon_temperature)
 
-    def finish(
-        self, model: nn.Module, global_params: dict[str, Tensor], state: ClientState, config: RunConfig
-    ) -> dict[str, float]:
-        state[STATE_KEY] = float_state(model)
+    def finish(self, ctx: ClientRound) -> dict[str, float]:
+        ctx.state[STATE_KEY] = float_state(ctx.model)
         return {}

@@ -20,12 +20,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
-from clients import ClientAlgorithm, ClientState, make_client_algorithm
+from clients import ClientAlgorithm, ClientRound, ClientState, make_client_algorithm
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
-from fedsign.task import build_run_model, client_data, load_arrays, model_arrays
-from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
+from fedsign.task import build_run_model, client_data, load_arrays, model_arrays, run_partitions
+from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, term_grad_ratio, train_local
 
 STATE_PREFIX = "client-state."
 
@@ -120,20 +120,28 @@ class LocalTraining:
 
     msg: Message
     context: Context
-    config: RunConfig
     algorithm: ClientAlgorithm
-    model: nn.Module
-    global_params: dict[str, Tensor]
-    state: ClientState
+    round: ClientRound
     state_key: str
     fault: str
     images: Tensor
     labels: Tensor
     seed: int
+    term_inputs: dict | None = None  # the algorithm's term_inputs (None without a term)
+    term_grad_ratio: float | None = None
+
+    @property
+    def config(self) -> RunConfig:
+        return self.round.config
+
+    @property
+    def model(self) -> nn.Module:
+        return self.round.model
 
 
 def begin_training(msg: Message, context: Context) -> LocalTraining:
-    """Build the model with the received global arrays, this client's state and data."""
+    """Build the model with the received global arrays, this client's state and data; measure
+    ``term_grad_ratio`` on the first step when the algorithm has a loss term."""
     config = run_config(context)
     pid = partition_id(context)
     server_round = int(msg.content["config"]["server-round"])
@@ -145,22 +153,35 @@ def begin_training(msg: Message, context: Context) -> LocalTraining:
     algorithm = make_client_algorithm(config)
     model = build_run_model(config, algorithm).to(device)
     load_arrays(model, msg.content["arrays"])
-    global_params = {k: v.detach().clone() for k, v in model.named_parameters()}
     images, labels = client_data(config, pid, device)
-    return LocalTraining(msg, context, config, algorithm, model, global_params, load_state(context, state_key),
-                         state_key, fault, images, labels, derive_seed(config.seed, server_round, pid))
+    partitions = run_partitions(config)
+    ctx = ClientRound(
+        config=config, model=model, global_params={k: v.detach().clone() for k, v in model.named_parameters()},
+        state=load_state(context, state_key), partition_id=pid, server_round=server_round,
+        num_examples=len(images), mean_num_examples=sum(len(p) for p in partitions) / len(partitions),
+        fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),
+    )
+    job = LocalTraining(msg, context, algorithm, ctx, state_key, fault, images, labels,
+                        derive_seed(config.seed, server_round, pid))
+    if algorithm.has_term:
+        job.term_inputs = algorithm.term_inputs(ctx)
+        job.term_grad_ratio = term_grad_ratio(model, images, labels, train_settings(config), seed=job.seed,
+                                              transform=make_batch_transform(DATASETS[config.dataset], train=True),
+                                              term=algorithm.make_term(ctx, job.term_inputs))
+    return job
 
 
 def finish_training(job: LocalTraining, stats: TrainStats) -> Message:
     """Update the client state and reply with the trained model and its metrics."""
-    extra = job.algorithm.finish(job.model, job.global_params, job.state, job.config)
-    save_state(job.context, job.state, job.state_key)
-    metrics = MetricRecord({"num-examples": stats.num_examples, "train_loss": stats.train_loss,
-                            "ce_loss": stats.ce_loss, **extra})
+    extra = job.algorithm.finish(job.round)
+    save_state(job.context, job.round.state, job.state_key)
+    metrics = {"num-examples": stats.num_examples, "train_loss": stats.train_loss, "ce_loss": stats.ce_loss, **extra}
+    if job.term_grad_ratio is not None:
+        metrics["term_grad_ratio"] = job.term_grad_ratio
     arrays = model_arrays(job.model)
     if job.fault:
         arrays = corrupt_reply(job.fault, arrays)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=job.msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=job.msg)
 
 
 @app.train()
@@ -171,6 +192,6 @@ def train(msg: Message, context: Context) -> Message:
         job.model, job.images, job.labels, train_settings(job.config),
         seed=job.seed,
         transform=make_batch_transform(DATASETS[job.config.dataset], train=True),
-        term=job.algorithm.make_term(job.model, job.global_params, job.state, job.config),
+        term=job.algorithm.make_term(job.round, job.term_inputs),
     )
     return finish_training(job, stats)

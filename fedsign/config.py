@@ -22,7 +22,8 @@ ENGINES = ("inprocess", "vectorized")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_STYLES = ("per-class", "per-client")
 PAN_OPS = ("mul", "add")
-SIGN_REDUCTIONS = ("mean", "sum")
+SIGN_REDUCTIONS = ("root4", "sum", "sqrt", "mean")  # see clients.fedsign
+MOON_FIRST_PREVIOUS = ("init", "random", "global")  # see clients.moon
 
 
 # The key=value pattern of Flower's ``parse_config_args``.
@@ -53,6 +54,8 @@ class RunConfig:
     dirichlet_alpha: float = 0.5
     partition_style: str = "per-class"
     min_partition_size: int = 10
+    train_samples: int = 0  # 0: the whole train split; else a fixed class-stratified subset of this size
+    validation_fraction: float = 0.0  # share of the train data held out (stratified) for model selection
     seed: int = 0
     eval_every: int = 1
     out_dir: str = ""
@@ -71,15 +74,17 @@ class RunConfig:
     moon_temperature: float = 0.5
     moon_out_dim: int = 256
     moon_head: bool = True
+    moon_first_previous: str = "init"
     # FedDyn
     feddyn_alpha: float = 0.01
+    feddyn_adaptive_alpha: bool = True
     # FedPAN
     pan_op: str = "mul"
     pan_amplitude: float = 0.1
     pan_period: float = 4.0
     # FedSign (and the composable sign term for any strategy)
     fedsign_gamma: float = 0.01
-    fedsign_reduction: str = "mean"
+    fedsign_reduction: str = "root4"
     sign_gamma: float = 0.0
 
     # ------------------------------------------------------------------ keys
@@ -152,6 +157,9 @@ class RunConfig:
         _one_of("partition-style", self.partition_style, PARTITION_STYLES)
         _one_of("pan-op", self.pan_op, PAN_OPS)
         _one_of("fedsign-reduction", self.fedsign_reduction, SIGN_REDUCTIONS)
+        _one_of("moon-first-previous", self.moon_first_previous, MOON_FIRST_PREVIOUS)
+        if not 0 <= self.validation_fraction < 0.5:
+            raise ConfigError(f"validation-fraction must be in [0, 0.5), got {self.validation_fraction}")
         for key in ("num-clients", "clients-per-round", "num-rounds", "local-epochs",
                     "batch-size", "eval-every", "moon-out-dim", "min-replies"):
             _positive(key, getattr(self, key.replace("-", "_")))
@@ -159,7 +167,7 @@ class RunConfig:
             _positive(key, getattr(self, key.replace("-", "_")))
         for key in ("momentum", "weight-decay", "grad-clip", "proximal-mu", "moon-mu",
                     "feddyn-alpha", "pan-amplitude", "fedsign-gamma", "sign-gamma",
-                    "min-partition-size", "checkpoint-every", "seed"):
+                    "min-partition-size", "checkpoint-every", "seed", "train-samples"):
             _non_negative(key, getattr(self, key.replace("-", "_")))
         if self.momentum >= 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")

@@ -8,6 +8,7 @@ the grid delivers them and collects replies, the strategy aggregates
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 from uuid import uuid4
@@ -23,7 +24,8 @@ from fedsign.data import DATASETS, make_batch_transform, write_partition_report
 from fedsign.landscape.signs import sign_consistency
 from fedsign.models import parameter_groups
 from fedsign.results import RunResults
-from fedsign.task import build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data
+from fedsign.task import (build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data,
+                          validation_data)
 from fedsign.training import evaluate, resolve_device
 from strategies import STRATEGY_CLASSES, FedAvg
 
@@ -104,6 +106,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
 
     model = build_run_model(config).to(device)
     x_test, y_test = test_data(config, device)
+    validation = validation_data(config, device)
     eval_transform = make_batch_transform(spec, train=False)
     strategy = make_strategy(config)
     strategy.set_node_order(discover_nodes(grid, config))
@@ -139,12 +142,18 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             row["skipped"] = 1
         if train_metrics is not None:
             row["train_loss"] = train_metrics.get("train_loss")
+        ratios = [float(c.metric_records["metrics"]["term_grad_ratio"]) for c in strategy.last_usable
+                  if "term_grad_ratio" in c.metric_records.get("metrics", {})]
+        if ratios:
+            row["term_grad_ratio"] = statistics.median(ratios)
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
-            load_arrays(model, arrays)
-            row["accuracy"], row["loss"] = evaluate(model, x_test, y_test, eval_transform)
-            for name, extra in strategy.evaluation_extras().items():
-                load_arrays(model, extra)
-                row[f"{name}_accuracy"], row[f"{name}_loss"] = evaluate(model, x_test, y_test, eval_transform)
+            for name, evaluated in {"": arrays, **strategy.evaluation_extras()}.items():
+                load_arrays(model, evaluated)
+                prefix = f"{name}_" if name else ""
+                row[f"{prefix}accuracy"], row[f"{prefix}loss"] = evaluate(model, x_test, y_test, eval_transform)
+                if validation is not None:
+                    row[f"{prefix}val_accuracy"], row[f"{prefix}val_loss"] = evaluate(model, *validation,
+                                                                                      eval_transform)
             load_arrays(model, arrays)
             bar.set_postfix(acc=f"{row['accuracy']:.4f}", loss=f"{row['loss']:.3f}")
         row["seconds"] = time.perf_counter() - start

@@ -19,14 +19,20 @@ from fedsign.data import DATASETS, ImageData, dirichlet_partition, load_dataset
 from fedsign.models import build_model
 
 
-def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None) -> nn.Module:
+# The train subset (``train-samples``) and the validation split (``validation-fraction``) are part of
+# the data, not of the run: they are drawn with this fixed seed, the same for every run seed.
+DATA_SPLIT_SEED = 0
+
+
+def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None, seed: int | None = None) -> nn.Module:
     """The run's model with the algorithm's changes (MOON head, PAN encoding).
 
-    Initialization is seeded by ``config.seed``, so every engine starts from the same model.
+    Initialization is seeded by ``seed`` (default ``config.seed``, so every engine starts from
+    the same model θ⁰).
     """
     algorithm = algorithm or make_client_algorithm(config)
     spec = DATASETS[config.dataset]
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed if seed is None else seed)
     model = build_model(
         config.model,
         num_classes=spec.num_classes,
@@ -44,18 +50,52 @@ def dataset(name: str, data_dir: str) -> ImageData:
     return load_dataset(name, data_dir or None)
 
 
+def _train_labels(name: str, data_dir: str) -> np.ndarray:
+    labels = dataset(name, data_dir).train_y
+    return labels.numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+
+
+@lru_cache(maxsize=8)
+def train_split(name: str, data_dir: str, train_samples: int, validation_fraction: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(client pool, validation) indices into the train split: a class-stratified subset of
+    ``train_samples`` (0: all), then a stratified ``validation_fraction`` of it held out."""
+    from sklearn.model_selection import train_test_split
+
+    labels = _train_labels(name, data_dir)
+    pool = np.arange(len(labels))
+    if train_samples:
+        if train_samples > len(labels):
+            raise ValueError(f"train-samples={train_samples} exceeds the {len(labels)} training images of "
+                             f"'{name}'; lower it or set 0 for all")
+        if train_samples < len(labels):
+            pool, _ = train_test_split(pool, train_size=train_samples, stratify=labels, random_state=DATA_SPLIT_SEED)
+    validation = np.zeros(0, np.int64)
+    if validation_fraction > 0:
+        pool, validation = train_test_split(pool, test_size=validation_fraction, stratify=labels[pool],
+                                            random_state=DATA_SPLIT_SEED)
+    return np.sort(pool), np.sort(validation)
+
+
+def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The run's (client pool, validation) indices into the train split."""
+    return train_split(config.dataset, config.data_dir, config.train_samples, config.validation_fraction)
+
+
 @lru_cache(maxsize=8)
 def partitions(config_key: tuple) -> tuple[np.ndarray, ...]:
-    name, data_dir, num_clients, alpha, seed, style, min_size = config_key
-    labels = dataset(name, data_dir).train_y
-    labels = labels.numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-    return tuple(dirichlet_partition(labels, num_clients, alpha, seed, style=style, min_size=min_size))
+    name, data_dir, train_samples, validation_fraction, num_clients, alpha, seed, style, min_size = config_key
+    pool, _ = train_split(name, data_dir, train_samples, validation_fraction)
+    labels = _train_labels(name, data_dir)[pool]
+    return tuple(pool[p] for p in dirichlet_partition(labels, num_clients, alpha, seed, style=style,
+                                                      min_size=min_size))
 
 
 def run_partitions(config: RunConfig) -> tuple[np.ndarray, ...]:
-    """The run's client index arrays (deterministic in the config)."""
-    return partitions((config.dataset, config.data_dir, config.num_clients, config.dirichlet_alpha,
-                       config.seed, config.partition_style, config.min_partition_size))
+    """The run's client index arrays into the train split (deterministic in the config)."""
+    return partitions((config.dataset, config.data_dir, config.train_samples, config.validation_fraction,
+                       config.num_clients, config.dirichlet_alpha, config.seed, config.partition_style,
+                       config.min_partition_size))
 
 
 @lru_cache(maxsize=4)
@@ -78,6 +118,16 @@ def client_data(config: RunConfig, partition_id: int, device: torch.device) -> t
 def test_data(config: RunConfig, device: torch.device) -> tuple[Tensor, Tensor]:
     """The dataset's global test split on ``device``."""
     return _on_device(config.dataset, config.data_dir, "test", str(device))
+
+
+def validation_data(config: RunConfig, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """The held-out validation images and labels on ``device`` (None without ``validation-fraction``)."""
+    _, validation = run_train_split(config)
+    if len(validation) == 0:
+        return None
+    x, y = _on_device(config.dataset, config.data_dir, "train", str(device))
+    idx = torch.as_tensor(validation, device=device)
+    return x[idx], y[idx]
 
 
 def model_arrays(model: nn.Module) -> ArrayRecord:

@@ -119,6 +119,46 @@ def train_local(
     )
 
 
+def term_grad_ratio(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    transform: BatchTransform,
+    term: LossTerm,
+) -> float:
+    """||grad term|| / ||grad CE|| over the trainable parameters on the first step
+    ``train_local`` would take with the same arguments (same batch and augmentation).
+
+    The model is left as it was: BN statistics are updated on copies, and no parameter moves.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    idx = batch_order(len(images), settings.batch_size, settings.epochs, generator)[0].to(images.device)
+    x, y = transform(images[idx], generator), labels[idx]
+    params = dict(model.named_parameters())
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        logits, features = torch.func.functional_call(model, (params, buffers), (x,), {"return_features": True})
+        ce = F.cross_entropy(logits, y)
+        extra = term(params, features, x, y)
+        trainable = [p for p in params.values() if p.requires_grad]
+        ce_grads = torch.autograd.grad(ce, trainable, retain_graph=True, allow_unused=True)
+        term_grads = torch.autograd.grad(extra, trainable, allow_unused=True) if extra.requires_grad else []
+    finally:
+        model.train(was_training)
+    ce_norm = _grad_norm(ce_grads)
+    return float(_grad_norm(term_grads) / ce_norm) if ce_norm > 0 else float("inf")
+
+
+def _grad_norm(grads) -> Tensor:
+    squares = [g.pow(2).sum() for g in grads if g is not None]
+    return torch.sqrt(sum(squares)) if squares else torch.zeros(())
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

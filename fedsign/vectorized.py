@@ -209,20 +209,21 @@ class VectorizedGrid:
         config, algorithm, model = first.config, first.algorithm, first.model
         settings = train_settings(config)
         transform = make_batch_transform(DATASETS[config.dataset], train=True)
-        global_params = {k: v.detach() for k, v in first.global_params.items()}
+        global_params = {k: v.detach() for k, v in first.round.global_params.items()}
         buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-        inputs = [j.algorithm.term_inputs(j.model, j.global_params, j.state, j.config) for j in jobs]
+        inputs = [j.term_inputs for j in jobs]
         term = None
-        if inputs[0] is not None:
+        if algorithm.has_term:
             def term(p, f, x, y, client_in, shared):
-                return algorithm.loss_term(model, p, f, x, y, client_in, shared, config)
+                return algorithm.loss_term(model=model, params=p, features=f, x=x, y=y, inputs=client_in,
+                                           global_params=shared, config=config)
 
         replies = []
         chunk = self.chunk_size or len(jobs)
         start = 0
         while start < len(jobs):
             part = slice(start, start + chunk)
-            client_jobs = [ClientJob(j.images, j.labels, j.seed, inputs[i] if inputs[i] is not None else {})
+            client_jobs = [ClientJob(j.images, j.labels, j.seed, inputs[i] or {})
                            for i, j in enumerate(jobs[part], start)]
             try:
                 params, new_buffers, stats = train_clients(model, global_params, buffers, client_jobs, settings,

@@ -11,8 +11,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from torch import nn
 
-from clients import CLIENT_ALGORITHMS, FedDynClient, MOONClient, WithSignTerm, make_client_algorithm
-from clients.feddyn import STATE_KEY as FEDDYN_STATE, dyn_term
+from clients import CLIENT_ALGORITHMS, ClientRound, FedDynClient, MOONClient, WithSignTerm, make_client_algorithm
+from clients.feddyn import STATE_KEY as FEDDYN_STATE, client_alpha, dyn_term
 from clients.fedpan import add_position_encoding, apply_pan, pan_encoding
 from clients.fedprox import proximal_term
 from clients.fedsign import sign_term
@@ -53,6 +53,14 @@ def sigmoid_prime(t: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(t) * (1 - torch.sigmoid(t))
 
 
+def client_round(model: nn.Module, received: dict, state: dict, config: RunConfig, *, num_examples: int = 10,
+                 mean_num_examples: float = 10.0, fresh_model=None, partition_id: int = 0) -> ClientRound:
+    """The ClientRound the client app would build for this model and state."""
+    return ClientRound(config=config, model=model, global_params=received, state=state, partition_id=partition_id,
+                       server_round=1, num_examples=num_examples, mean_num_examples=mean_num_examples,
+                       fresh_model=fresh_model or (lambda seed: None))
+
+
 # ---- client terms: gradients against closed forms ---------------------------------------
 def test_proximal_term_value_and_gradient():
     local = tiny_params()
@@ -66,16 +74,18 @@ def test_proximal_term_value_and_gradient():
         torch.testing.assert_close(g, mu * (local[k] - glob[k]).detach())
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("reduction", ["sum", "root4", "sqrt", "mean"])
 def test_sign_term_gradient(reduction):
+    """Per weight: -gamma * sigmoid'(theta_k) * sign(theta_t) * c (clients.fedsign's docstring)."""
     local = tiny_params()
     glob = global_of(local)
     gamma = 0.07
+    numel = sum(v.numel() for v in local.values())
     value = sign_term(local, glob, gamma, reduction)
     for k, g in grads(value, local).items():
-        closed = -gamma * sigmoid_prime(local[k].detach()) * torch.sign(glob[k])
-        if reduction == "mean":
-            closed = closed / (local[k].numel() * len(local))
+        c = {"sum": 1.0, "root4": numel ** -0.25, "sqrt": numel ** -0.5,
+             "mean": 1 / (local[k].numel() * len(local))}[reduction]
+        closed = -gamma * sigmoid_prime(local[k].detach()) * torch.sign(glob[k]) * c
         torch.testing.assert_close(g, closed)
         assert g.view(-1)[0] == 0  # theta_t = 0 there
 
@@ -88,6 +98,9 @@ def test_sign_term_value_from_eq1():
     mean = sum(float(v.mean()) for v in u.values()) / len(u)
     assert float(sign_term(local, glob, 0.5, "sum")) == pytest.approx(-0.5 * total, rel=1e-6)
     assert float(sign_term(local, glob, 0.5, "mean")) == pytest.approx(-0.5 * mean, rel=1e-6)
+    numel = sum(v.numel() for v in u.values())
+    assert float(sign_term(local, glob, 0.5, "root4")) == pytest.approx(-0.5 * total / numel ** 0.25, rel=1e-6)
+    assert float(sign_term(local, glob, 0.5, "sqrt")) == pytest.approx(-0.5 * total / numel ** 0.5, rel=1e-6)
     with pytest.raises(ValueError, match="reduction"):
         sign_term(local, glob, 0.5, "max")
 
@@ -133,21 +146,47 @@ def test_feddyn_client_keeps_g_k_across_rounds():
     model = nn.Linear(3, 2)
     state: dict = {}
     received = {k: v.detach().clone() for k, v in model.named_parameters()}
-    term = client.make_term(model, received, state, config)  # first round: g_k = 0
+    term = client.make_term(client_round(model, received, state, config))  # first round: g_k = 0
     params = dict(model.named_parameters())
     for k, g in grads(term(params, None, None, None), params).items():
         torch.testing.assert_close(g, torch.zeros_like(g))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # "training" moved every parameter by +1
-    client.finish(model, received, state, config)
+    client.finish(client_round(model, received, state, config))
     for v in state[FEDDYN_STATE].values():
         torch.testing.assert_close(v, torch.full_like(v, -0.5))  # g_k = 0 - alpha * 1
     received = {k: v.detach().clone() for k, v in model.named_parameters()}
-    term = client.make_term(model, received, state, config)
+    term = client.make_term(client_round(model, received, state, config))
     params = dict(model.named_parameters())
     for k, g in grads(term(params, None, None, None), params).items():
         torch.testing.assert_close(g, torch.full_like(g, 0.5))  # -g_k at theta = theta^{t-1}
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_feddyn_adaptive_alpha_follows_the_official_formula(adaptive):
+    """Official alpemreacar/FedDyn: alpha_coef_adpt = alpha_coef / weight_list[k] with
+    weight_list = n_k / mean(n) over all clients, in the term and in the g_k update."""
+    sizes = [30, 10, 20]
+    mean_size = sum(sizes) / len(sizes)
+    config = RunConfig(strategy="feddyn", feddyn_alpha=0.1, feddyn_adaptive_alpha=adaptive)
+    client = FedDynClient()
+    for n_k in sizes:
+        official = 0.1 / (n_k / mean_size) if adaptive else 0.1
+        assert client_alpha(0.1, n_k, mean_size, adaptive) == pytest.approx(official)
+        model = nn.Linear(3, 2)
+        received = {k: v.detach().clone() for k, v in model.named_parameters()}
+        state: dict = {}
+        ctx = client_round(model, received, state, config, num_examples=n_k, mean_num_examples=mean_size)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        params = dict(model.named_parameters())
+        for g in grads(client.make_term(ctx)(params, None, None, None), params).values():
+            torch.testing.assert_close(g, torch.full_like(g, official))  # alpha_k * (theta - theta^{t-1})
+        client.finish(ctx)
+        for v in state[FEDDYN_STATE].values():
+            torch.testing.assert_close(v, torch.full_like(v, -official))
 
 
 def test_sign_gamma_adds_the_sign_term_to_another_algorithm():
@@ -158,12 +197,13 @@ def test_sign_gamma_adds_the_sign_term_to_another_algorithm():
     model = nn.Linear(4, 3)
     params = dict(model.named_parameters())
     glob = global_of(params)
-    term = algorithm.make_term(model, glob, {}, config)
+    term = algorithm.make_term(client_round(model, glob, {}, config))
     with torch.no_grad():
         expected = proximal_term(params, glob, 0.2) + sign_term(params, glob, 0.03, "sum")
         assert float(term(params, None, None, None)) == pytest.approx(float(expected), rel=1e-6)
         # An algorithm without a term (FedAvg) gets the sign term alone.
-        term = make_client_algorithm(config.replace(strategy="fedavg")).make_term(model, glob, {}, config)
+        term = make_client_algorithm(config.replace(strategy="fedavg")).make_term(
+            client_round(model, glob, {}, config))
         assert float(term(params, None, None, None)) == pytest.approx(float(sign_term(params, glob, 0.03, "sum")))
     with pytest.raises(ConfigError, match="fedsign-gamma"):
         RunConfig(strategy="fedsign", sign_gamma=0.1).validate()
@@ -195,9 +235,11 @@ def test_moon_model_has_the_projection_head():
 
 
 def test_moon_second_round_contrasts_against_the_clients_own_first_round_model():
-    """Round 1: z_prev is the received global model (zero gradient); round 2: z_prev is the
-    client's round-1 local model, run frozen in eval mode (BN statistics, no dropout)."""
-    config = RunConfig(strategy="moon", model="resnet20", moon_out_dim=8, moon_mu=2.0, moon_temperature=0.5)
+    """Round 1 with moon-first-previous='global': z_prev is the received global model (zero
+    gradient); round 2: z_prev is the client's round-1 local model, run frozen in eval mode (BN
+    statistics, no dropout)."""
+    config = RunConfig(strategy="moon", model="resnet20", moon_out_dim=8, moon_mu=2.0, moon_temperature=0.5,
+                       moon_first_previous="global")
     client = MOONClient()
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=3, in_channels=1, image_size=8,
@@ -216,7 +258,7 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
     # Round 1: the previous model is the global model itself.
     global_1 = copy.deepcopy(model)
     model.train()
-    term = client.make_term(model, received_params(), state, config)
+    term = client.make_term(client_round(model, received_params(), state, config))
     params = dict(model.named_parameters())
     value = term(params, model(x, return_features=True)[1], x, None)
     assert float(value.detach()) == pytest.approx(2.0 * math.log(2), rel=1e-5)
@@ -225,7 +267,7 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
         model(x)  # and updated its BN statistics
-    client.finish(model, received_params(), state, config)
+    client.finish(client_round(model, received_params(), state, config))
     local_1 = copy.deepcopy(model)
     stored = state[MOON_STATE]
     assert all(torch.equal(stored[k], v) for k, v in local_1.state_dict().items() if v.is_floating_point())
@@ -237,7 +279,7 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
     global_2 = copy.deepcopy(model)
     model.train()
     state = {MOON_STATE: {k: v.clone() for k, v in stored.items()}}  # as persisted between rounds
-    term = client.make_term(model, received_params(), state, config)
+    term = client.make_term(client_round(model, received_params(), state, config))
     features = model(x, return_features=True)[1]
     value = term(dict(model.named_parameters()), features, x, None)
     features = features.detach()
@@ -246,6 +288,47 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
     assert expected != pytest.approx(
         float(2.0 * moon_contrastive_loss(features, frozen(global_2), frozen(global_1), 0.5)), rel=1e-3)
     assert model.training  # the frozen evaluations restored the mode
+
+
+@pytest.mark.parametrize("mode", ["init", "random", "global"])
+def test_moon_first_round_stand_in_for_the_previous_model(mode):
+    """A first-time client contrasts against theta^0 (init, FedRepo), its own seeded fresh model
+    (random, official MOON) or the received model (global: constant log 2, zero gradient)."""
+    config = RunConfig(strategy="moon", moon_out_dim=8, moon_mu=1.0, moon_temperature=0.5, moon_first_previous=mode)
+    client = MOONClient()
+    theta_0 = build_run_model(config)
+    model = copy.deepcopy(theta_0)
+    with torch.no_grad():  # the received global model of a later round
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    built: list[int] = []
+
+    def fresh_model(seed: int) -> nn.Module:
+        built.append(seed)
+        return build_run_model(config, seed=seed)
+
+    x = torch.randn(4, 1, 8, 8)
+    received = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ctx = client_round(model, received, {}, config, fresh_model=fresh_model, partition_id=3)
+    inputs = client.term_inputs(ctx)
+    expected = {"init": theta_0, "random": build_run_model(config, seed=built[0]) if built else None,
+                "global": model}[mode]
+    for k, v in expected.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(inputs["previous"][k], v)
+    params = dict(model.named_parameters())
+    value = client.make_term(ctx, inputs)(params, model(x, return_features=True)[1], x, None)
+    gradient = max(float(g.abs().max()) for g in grads(value, params).values())
+    if mode == "global":
+        assert float(value.detach()) == pytest.approx(math.log(2), rel=1e-5) and gradient < 1e-5
+        assert built == []
+    else:
+        assert gradient > 1e-4
+        assert built == [config.seed] if mode == "init" else (len(built) == 1 and built[0] != config.seed)
+    # another client's "random" stand-in differs; its "init" stand-in does not
+    other = client.term_inputs(client_round(model, received, {}, config, fresh_model=fresh_model, partition_id=4))
+    same = all(torch.equal(other["previous"][k], inputs["previous"][k]) for k in inputs["previous"])
+    assert same == (mode != "random")
 
 
 # ---- FedPAN ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""benchmarks/table1.py: the grid, gamma selection, statistics and the written tables (no training)."""
+"""benchmarks/table1.py: the grid, selection on validation, statistics, locks and the written tables."""
 
 import csv
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,79 +23,112 @@ def load_benchmark(name: str):
 
 
 table1 = load_benchmark("table1")
-PRESET = table1.Preset(datasets=("digits",), alphas=(1.0, 0.5), seeds=(0, 1, 2), gammas=(0.01, 0.1),
-                       common="num-clients=10 num-rounds=2")
+PRESET = table1.Preset(datasets=("digits",), alphas=(1.0, 0.5), seeds=(0, 1, 2),
+                       common="num-clients=10 num-rounds=2 validation-fraction=0.2")
+METHODS = ("fedavg", "fedsign")
 
 
-def history(final: float) -> list[dict]:
-    return [{"round": 1, "accuracy": final / 2}, {"round": 2, "accuracy": final}]
+def write_cell(runs: Path, cell, test: list[float], val: list[float]) -> None:
+    """A finished cell folder with the given per-evaluation test and validation accuracies."""
+    folder = runs / cell.name
+    folder.mkdir(parents=True)
+    rows = [f"{i + 1},{t},{v}" for i, (t, v) in enumerate(zip(test, val))]
+    (folder / "metrics.csv").write_text("round,accuracy,val_accuracy\n" + "\n".join(rows) + "\n")
+    (folder / "model.safetensors").write_bytes(b"")
 
 
-def test_grid_sizes_and_every_cell_validates(tmp_path):
-    assert len(table1.cells(table1.PRESETS["cpu"], table1.METHODS)) == 3 * 3 * (5 + 3)
-    paper = table1.cells(table1.PRESETS["paper"], table1.METHODS)
-    assert len(paper) == 2 * 3 * (5 + 4 + 5 * 3)  # 5 seeds of FedAvg and FedSign (x3 gammas), 1 of the others
-    for preset in table1.PRESETS.values():
-        grid = table1.cells(preset, table1.METHODS)
-        assert len({c.name for c in grid}) == len(grid)
-    cpu_grid = table1.cells(table1.PRESETS["cpu"], table1.METHODS)
-    for cell in cpu_grid:  # Fashion-MNIST: .ci/run installs it
-        RunConfig.from_overrides(cell.overrides(table1.PRESETS["cpu"], {}, tmp_path / cell.name, ""))
+def test_grid_sizes_and_the_paper_settings(tmp_path):
+    cpu = table1.PRESETS["cpu-converged"]
+    tuning = table1.tuning_cells(cpu, table1.METHODS, cpu.datasets)
+    assert len(tuning) == 3 * (1 + 5 * 3 + 1)  # FedAvg, five grids of 3, the convergence check
+    assert len({c.name for c in tuning}) == len(tuning)
+    selected = {(d, a, m): None for d in cpu.datasets for a in cpu.alphas for m in table1.METHODS}
+    assert len(table1.seed_cells(cpu, table1.METHODS, cpu.datasets, selected)) == 3 * 6 * 2
     paper = dict(item.split("=") for item in table1.PRESETS["paper"].common.split())
     assert paper == {"model": "'vgg8'", "num-clients": "100", "clients-per-round": "10", "num-rounds": "200",
                      "local-epochs": "5", "batch-size": "64", "lr": "0.03", "momentum": "0.9",
-                     "weight-decay": "1e-5", "weighted": "false", "eval-every": "10"}  # the paper's Appendix C
-    assert {c.seed for c in cpu_grid[:24]} == {0}  # seed-major: a partial sweep has whole rows of seed 0
+                     "weight-decay": "1e-5", "weighted": "false", "eval-every": "10",
+                     "partition-style": "'per-client'", "validation-fraction": "0.1"}  # the paper's Appendix C
+    converged = dict(item.split("=") for item in cpu.common.split())
+    for key in ("num-clients", "clients-per-round", "local-epochs", "batch-size", "lr", "momentum", "weight-decay",
+                "weighted"):
+        assert converged[key] == paper[key], key  # the paper's structure; only data and model shrink
+    check = next(c for c in tuning if c.rounds_factor == 2)
+    assert RunConfig.from_overrides(check.overrides(cpu, {}, tmp_path / "x", ""), validate=False).num_rounds == 200
+    smoke = table1.PRESETS["smoke"]
+    for cell in table1.tuning_cells(smoke, table1.METHODS, smoke.datasets):  # digits: always there
+        RunConfig.from_overrides(cell.overrides(smoke, {}, tmp_path / cell.name, ""))
 
 
-def test_summarize_picks_best_gamma_by_mean():
-    finished = {}
-    for seed, (avg, g1, g2) in enumerate([(0.50, 0.52, 0.40), (0.60, 0.63, 0.70), (0.70, 0.71, 0.65)]):
-        finished[table1.Cell("digits", 1.0, "fedavg", seed)] = history(avg)
-        finished[table1.Cell("digits", 1.0, "fedsign", seed, 0.01)] = history(g1)
-        finished[table1.Cell("digits", 1.0, "fedsign", seed, 0.1)] = history(g2)
-    rows = table1.summarize(finished, PRESET, ("fedavg", "fedsign"))
-    assert len(rows) == 3
-    fedavg = next(r for r in rows if r["method"] == "fedavg")
-    assert fedavg["selected"] and fedavg["mean"] == pytest.approx(0.6) and fedavg["std"] == pytest.approx(0.1)
-    chosen = [r for r in rows if r["method"] == "fedsign" and r["selected"]]
-    assert [r["gamma"] for r in chosen] == [0.01]  # mean 0.62 beats 0.5833
-    diff = table1.paired_difference(chosen[0], fedavg)
+def test_selection_uses_validation_never_test_and_seeds_follow_the_selection(tmp_path):
+    runs = tmp_path / "runs"
+    write_cell(runs, table1.Cell("digits", 1.0, "fedavg", 0), [0.5] * 3, [0.5] * 3)
+    write_cell(runs, table1.Cell("digits", 1.0, "fedsign", 0, 0.001), [0.9] * 3, [0.4] * 3)  # best on test
+    write_cell(runs, table1.Cell("digits", 1.0, "fedsign", 0, 0.01), [0.6] * 3, [0.7] * 3)  # best on validation
+    write_cell(runs, table1.Cell("digits", 1.0, "fedsign", 0, 0.1), [0.3] * 3, [0.3] * 3)
+    tuned = table1.finished_cells(runs, table1.tuning_cells(PRESET, METHODS, ("digits",)))
+    selected = table1.select_values(tuned, PRESET, METHODS, ("digits",))
+    assert selected == {("digits", 1.0, "fedavg"): None, ("digits", 1.0, "fedsign"): 0.01}  # alpha 0.5 unfinished
+    assert table1.select_values(tuned, PRESET, METHODS, ("digits",), key="test")[("digits", 1.0, "fedsign")] == 0.001
+    seeds = table1.seed_cells(PRESET, METHODS, ("digits",), selected)
+    assert sorted(c.name for c in seeds) == sorted([
+        "digits-a1-fedavg-s1", "digits-a1-fedavg-s2",
+        "digits-a1-fedsign-fedsign-gamma0.01-s1", "digits-a1-fedsign-fedsign-gamma0.01-s2"])
+
+
+def test_final_accuracy_is_the_mean_of_the_last_evaluations():
+    history = [{"round": r, "accuracy": a} for r, a in enumerate([0.1, 0.2, 0.5, 0.6, 0.7], 1)]
+    history.insert(2, {"round": 2.5, "accuracy": None})  # a round without evaluation
+    assert table1.final_value(history, "accuracy") == pytest.approx(0.6)
+    feddyn = table1.cell_summary(table1.Cell("digits", 1.0, "feddyn", 0, 0.01),
+                                 [{"round": 1, "accuracy": 0.1, "participant_mean_accuracy": 0.8}])
+    assert feddyn["test"] == 0.8  # FedDyn reports its participants' average, as the official code
+
+
+def test_paired_difference_closed_form_and_common_seeds():
+    row = {"accuracies": {0: 0.52, 1: 0.63, 2: 0.71}, "std": 0.095}
+    base = {"accuracies": {0: 0.50, 1: 0.60, 2: 0.70}, "std": 0.1}
+    diff = table1.paired_difference(row, base)
     assert diff["mean"] == pytest.approx(0.02) and diff["std"] == pytest.approx(0.01)
     t = 0.02 / (0.01 / math.sqrt(3))
     assert diff["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)  # two-sided t, 2 dof, closed form
     assert diff["beyond_spread"] is False  # 0.02 < FedAvg's seed std 0.1
+    one = table1.paired_difference({"accuracies": {0: 0.9, 1: 0.8}, "std": 0.07},
+                                   {"accuracies": {1: 0.5, 2: 0.4}, "std": 0.07})
+    assert one["seeds"] == 1 and one["mean"] == pytest.approx(0.3) and one["p"] is None
 
 
-def test_paired_difference_uses_common_seeds_only():
-    row = {"accuracies": {0: 0.9, 1: 0.8}, "std": 0.07}
-    base = {"accuracies": {1: 0.5, 2: 0.4}, "std": 0.07}
-    diff = table1.paired_difference(row, base)
-    assert diff["seeds"] == 1 and diff["mean"] == pytest.approx(0.3) and diff["p"] is None
-    assert table1.paired_difference({"accuracies": {0: 0.9}, "std": None}, {"accuracies": {1: 0.5}}) is None
+def test_cell_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
+    lock = table1.CellLock(tmp_path / "c.lock")
+    assert lock.acquire()
+    assert not table1.CellLock(tmp_path / "c.lock").acquire()  # held by this (live) process
+    lock.release()
+    (tmp_path / "c.lock").write_text("999999999")  # a PID that does not exist: stale
+    assert table1.CellLock(tmp_path / "c.lock").acquire()
+    assert (tmp_path / "c.lock").read_text() == str(os.getpid())
 
 
 def test_aggregate_writes_tables_from_finished_cells_only(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    finals = {("fedavg", None): [0.5, 0.6], ("fedsign", 0.01): [0.55, 0.7], ("fedsign", 0.1): [0.1, 0.1]}
-    for (method, gamma), accs in finals.items():
-        for seed, acc in enumerate(accs):
-            cell = runs / table1.Cell("digits", 1.0, method, seed, gamma).name
-            cell.mkdir(parents=True)
-            (cell / "metrics.csv").write_text(f"round,accuracy\n1,{acc / 2}\n2,{acc}\n")
-            (cell / "model.safetensors").write_bytes(b"")
+    tuning = {("fedavg", None): ([0.5] * 3, [0.5] * 3), ("fedsign", 0.001): ([0.5] * 3, [0.4] * 3),
+              ("fedsign", 0.01): ([0.55] * 3, [0.6] * 3), ("fedsign", 0.1): ([0.1] * 3, [0.1] * 3)}
+    for (method, value), (test, val) in tuning.items():
+        write_cell(runs, table1.Cell("digits", 1.0, method, 0, value), test, val)
+    for seed, (avg, sign) in {1: (0.6, 0.7), 2: (0.7, 0.75)}.items():
+        write_cell(runs, table1.Cell("digits", 1.0, "fedavg", seed), [avg] * 3, [avg] * 3)
+        write_cell(runs, table1.Cell("digits", 1.0, "fedsign", seed, 0.01), [sign] * 3, [sign] * 3)
     unfinished = runs / table1.Cell("digits", 0.5, "fedavg", 0).name  # no model: interrupted, not counted
     unfinished.mkdir()
     (unfinished / "metrics.csv").write_text("round,accuracy\n1,0.9\n")
 
-    markdown = table1.aggregate("t", PRESET, runs, out, ("fedavg", "fedsign"))
-    assert "| digits | 1 | 55.00 ± 7.07 | 62.50 ± 10.61 (γ=0.01) |" in markdown
+    markdown = table1.aggregate("t", PRESET, runs, out, METHODS, ("digits",))
+    assert "| digits | 1 | 60.00 ± 10.00 | 66.67 ± 10.41 (fedsign-gamma=0.01) |" in markdown
     assert "| digits | 0.5 | – | – |" in markdown
-    assert "+7.50 ± 3.54" in markdown  # paired differences 0.05 and 0.10
-    assert "(6 of 18 runs finished)" in (out / "table1_t.md").read_text()
+    assert "+6.67 ± 2.89" in markdown  # paired differences 0.05, 0.10, 0.05
+    assert "(8 of 8 runs finished)" not in markdown and "runs finished" in markdown
     with (out / "table1_t.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["method"], r["gamma"], r["selected"]) for r in rows] == [
-        ("fedavg", "", "True"), ("fedsign", "0.01", "True"), ("fedsign", "0.1", "False")]
-    assert rows[0]["accuracies"] == "0:0.5 1:0.6"
+    assert [(r["method"], r["value"], r["best_test_value"]) for r in rows] == [
+        ("fedavg", "", ""), ("fedsign", "0.01", "0.01")]
+    assert rows[1]["accuracies"] == "0:0.55 1:0.7 2:0.75"
     assert (out / "table1_t_curves.png").stat().st_size > 0

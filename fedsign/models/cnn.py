@@ -5,6 +5,8 @@
 Pooling adapts to the input: one 2x2 max-pool (after conv2) when ``image_size < 16``,
 two (after each conv) otherwise; ``s = image_size / 2**pools`` (8 -> 4, 28 -> 7, 32 -> 8).
 No BatchNorm, no dropout, so it runs unchanged under ``torch.func.vmap``.
+``cnn_small`` is the same network at half the conv widths and hidden size (16, 32; 64): about
+4x fewer multiply-adds, for the CPU Table-1 protocol.
 Initialization: see :mod:`fedsign.models.common`.
 """
 
@@ -17,6 +19,8 @@ from .common import FedSignNet
 
 CNN_CHANNELS = (32, 64)
 CNN_HIDDEN = 128
+CNN_SMALL_CHANNELS = (16, 32)
+CNN_SMALL_HIDDEN = 64
 
 
 def cnn_num_pools(image_size: int) -> int:
@@ -33,18 +37,20 @@ class SmallCNN(FedSignNet):
         in_channels: int = 1,
         image_size: int = 28,
         projection_dim: int | None = None,
+        channels: tuple[int, int] = CNN_CHANNELS,
+        hidden: int = CNN_HIDDEN,
     ):
         super().__init__()
         pools = cnn_num_pools(image_size)
-        c1, c2 = CNN_CHANNELS
+        c1, c2 = channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c1, kernel_size=3, padding=1), nn.ReLU()]
         if pools == 2:
             layers.append(nn.MaxPool2d(2))
         layers += [nn.Conv2d(c1, c2, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
         s = image_size // 2**pools
-        self.fc = nn.Sequential(nn.Linear(c2 * s * s, CNN_HIDDEN), nn.ReLU())
-        self._build_head(CNN_HIDDEN, num_classes, projection_dim)
+        self.fc = nn.Sequential(nn.Linear(c2 * s * s, hidden), nn.ReLU())
+        self._build_head(hidden, num_classes, projection_dim)
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .cnn import SmallCNN, cnn_num_pools
+from .cnn import CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN, SmallCNN, cnn_num_pools
 from .common import ModelConfigError, check_bn_weight_init, initialize
 from .resnet import CifarResNet
 from .vgg import VGG, VGG_CFGS
 
-MODEL_NAMES = ("cnn", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
+MODEL_NAMES = ("cnn", "cnn_small", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
 
 
 def _is_pos_int(v) -> bool:
@@ -30,11 +30,11 @@ def check_model_input(name: str, in_channels: int, image_size: int) -> None:
                 f"{name} has 5 max-pools and needs image_size >= 32 and divisible by 32, got {image_size}; "
                 "use cnn or resnet20 for smaller images, or resize to 32"
             )
-    elif name == "cnn":
+    elif name.startswith("cnn"):
         step = 2 ** cnn_num_pools(image_size)
         if image_size < 4 or image_size % step:
             raise ModelConfigError(
-                f"cnn needs image_size >= 4, even below 16 and divisible by 4 from 16 up, got {image_size}"
+                f"{name} needs image_size >= 4, even below 16 and divisible by 4 from 16 up, got {image_size}"
             )
 
 
@@ -61,6 +61,8 @@ def build_model(
     check_bn_weight_init(bn_weight_init)
     if name == "cnn":
         model: nn.Module = SmallCNN(num_classes, in_channels, image_size, projection_dim)
+    elif name == "cnn_small":
+        model = SmallCNN(num_classes, in_channels, image_size, projection_dim, CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN)
     elif name == "resnet20":
         model = CifarResNet(3, num_classes, in_channels, projection_dim)
     else:
