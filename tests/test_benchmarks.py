@@ -54,7 +54,7 @@ def test_grid_sizes_and_the_paper_settings(tmp_path):
                 "weighted"):
         assert converged[key] == paper[key], key  # the paper's structure; only data and model shrink
     check = next(c for c in tuning if c.rounds_factor == 2)
-    assert RunConfig.from_overrides(check.overrides(cpu, {}, tmp_path / "x", ""), validate=False).num_rounds == 200
+    assert RunConfig.from_overrides(check.overrides(cpu, {}, tmp_path / "x", ""), validate=False).num_rounds == 400
     smoke = table1.PRESETS["smoke"]
     for cell in table1.tuning_cells(smoke, table1.METHODS, smoke.datasets):  # digits: always there
         RunConfig.from_overrides(cell.overrides(smoke, {}, tmp_path / cell.name, ""))
