@@ -276,7 +276,7 @@ def next_cell(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...
     tuning = tuning_cells(preset, methods, datasets)
     tuned = finished_cells(runs, tuning)
     seeds = seed_cells(preset, methods, datasets, select_values(tuned, preset, methods, datasets))
-    candidates = sorted(tuning + seeds, key=lambda c: RUN_ORDER.index(c.method))  # stable: tuning first
+    candidates = sorted(tuning + seeds, key=lambda c: (c.rounds_factor, RUN_ORDER.index(c.method)))  # checks last
     waiting = len(select_values(tuned, preset, methods, datasets)) < len(datasets) * len(preset.alphas) * len(methods)
     for cell in candidates:
         if (runs / cell.name / "model.safetensors").exists():
