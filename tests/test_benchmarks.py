@@ -30,6 +30,7 @@ def history(final: float) -> list[dict]:
     return [{"round": 1, "accuracy": final / 2}, {"round": 2, "accuracy": final}]
 
 
+@pytest.mark.requires_dataset("fmnist")  # the cpu preset's cells are validated, data source included
 def test_grid_sizes_and_every_cell_validates(tmp_path):
     assert len(table1.cells(table1.PRESETS["cpu"], table1.METHODS)) == 3 * 3 * (5 + 3)
     paper = table1.cells(table1.PRESETS["paper"], table1.METHODS)
