@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedsign.config import ConfigError, RunConfig
+from fedsign.config import ConfigError, RunConfig, refuse_crash_faults
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -89,8 +89,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import tomli_w
 
     config = load_config(args.run_config)
-    from fedsign.faults import refuse_crash_faults
-
     refuse_crash_faults(config, "Ray's actor pool")
     if not (PROJECT_DIR / "pyproject.toml").exists():
         raise CLIError(f"fedsign simulate needs the source checkout (no pyproject.toml in {PROJECT_DIR})")

@@ -185,7 +185,7 @@ class RunConfig:
             raise ConfigError("sign-gamma adds the FedSign term to other strategies; "
                               "for strategy 'fedsign' set fedsign-gamma and leave sign-gamma at 0")
         if self.fail_partitions:
-            from fedsign.faults import parse_fail_partitions
+            from fedsign.faults import parse_fail_partitions  # here, not at the top: faults pulls in flwr (~0.4 s)
 
             try:
                 parse_fail_partitions(self.fail_partitions, self.num_clients)
@@ -231,6 +231,16 @@ class RunConfig:
     def run_name(self) -> str:
         """A readable default run name: strategy-dataset-alpha-seed."""
         return f"{self.strategy}-{self.dataset}-a{self.dirichlet_alpha:g}-s{self.seed}"
+
+
+def refuse_crash_faults(config: RunConfig, engine: str) -> None:
+    """ConfigError if ``config`` injects ``crash`` (fail-partitions), which ``engine`` cannot survive."""
+    from fedsign.faults import parse_fail_partitions  # here, not at the top: faults pulls in flwr (~0.4 s)
+
+    faults = parse_fail_partitions(config.fail_partitions, config.num_clients)
+    if any(mode == "crash" for entries in faults.values() for mode, _ in entries):
+        raise ConfigError(f"fail-partitions: 'crash' kills the ClientApp's process, which {engine} "
+                          "shares; use it with `fedsign federation` (SuperNode subprocesses)")
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

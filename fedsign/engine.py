@@ -22,8 +22,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsign.config import RunConfig
-from fedsign.faults import refuse_crash_faults
+from fedsign.config import RunConfig, refuse_crash_faults
 from fedsign.results import RunResults
 from fedsign.vectorized import VectorizedGrid, vectorization_problem
 

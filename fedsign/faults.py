@@ -51,16 +51,6 @@ def parse_fail_partitions(text: str, num_clients: int) -> dict[int, list[tuple[s
     return faults
 
 
-def refuse_crash_faults(config, engine: str) -> None:
-    """ConfigError if ``config`` injects ``crash``, which ``engine`` cannot survive."""
-    from fedsign.config import ConfigError
-
-    faults = parse_fail_partitions(config.fail_partitions, config.num_clients)
-    if any(mode == "crash" for entries in faults.values() for mode, _ in entries):
-        raise ConfigError(f"fail-partitions: 'crash' kills the ClientApp's process, which {engine} "
-                          "shares; use it with `fedsign federation` (SuperNode subprocesses)")
-
-
 def fault_for(text: str, num_clients: int, partition_id: int, server_round: int) -> str | None:
     """The mode injected into this partition's reply in this round, if any."""
     for mode, only_round in parse_fail_partitions(text, num_clients).get(partition_id, []):

@@ -1,7 +1,7 @@
 """Bad input: each malformed input gets one clear line ``error: ...`` (exit status 2) and
-changes nothing already written.
+changes nothing already written; the valid input they are made from passes the same checks.
 
-The cases here are 35 beyond the 24 invalid run-config values of test_config.py: run-config
+The cases here come on top of the invalid run-config values of test_config.py: run-config
 syntax and files, failure-injection specs, data directories with missing or corrupt files,
 taken out-dirs, truncated / foreign / inconsistent checkpoints, resumes with a different
 config, and certificates and keys that do not exist or are not what they claim.
@@ -131,18 +131,35 @@ CASES = {
 }
 
 
-def test_there_are_at_least_20_cases():
-    assert len(CASES) >= 20
+@pytest.fixture
+def sandbox(world, monkeypatch) -> Path:
+    """Run from inside ``world`` with home and decode cache there too, so that the snapshot sees every
+    write, relative paths and the cache included."""
+    for name in ("cwd", "home"):
+        (world / name).mkdir(exist_ok=True)
+    monkeypatch.chdir(world / "cwd")
+    monkeypatch.setenv("HOME", str(world / "home"))
+    monkeypatch.setenv("FEDSIGN_CACHE", str(world / "home" / "cache"))
+    return world
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gets_one_line_and_changes_nothing(world, name, capfd):
+def test_bad_input_gets_one_line_and_changes_nothing(sandbox, name, capfd):
     argv, expected = CASES[name]
-    before = snapshot(world)
-    status = main([arg.replace("{root}", str(world)) for arg in argv])
+    before = snapshot(sandbox)
+    status = main([arg.replace("{root}", str(sandbox)) for arg in argv])
     err = capfd.readouterr().err.strip().splitlines()
     assert status == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-    assert snapshot(world) == before
-    assert not Federation(world / "fed").processes()
+    assert snapshot(sandbox) == before
+    assert not Federation(sandbox / "fed").processes()
+
+
+def test_good_input_passes_the_same_checks(sandbox, capfd):
+    """The control: the run config every case starts from is accepted, silently on stderr."""
+    before = snapshot(sandbox)
+    assert main(["validate", "-c", RUN]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out.startswith("ok: fedavg on digits")
+    assert snapshot(sandbox) == before
 

@@ -96,7 +96,7 @@ def test_digits_real_stratified_split(tmp_path):
     assert torch.equal(d.train_x, d2.train_x) and torch.equal(d.test_y, d2.test_y)
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"real MNIST not present at {MNIST_DIR}")
+@pytest.mark.requires_dataset("mnist")
 def test_mnist_real(tmp_path):
     d = load_dataset("mnist", MNIST_DIR, cache_dir=tmp_path)
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
@@ -106,7 +106,7 @@ def test_mnist_real(tmp_path):
     assert check_data_source("mnist", "") == MNIST_DIR.resolve()  # empty config value = default
 
 
-@pytest.mark.skipif(not CIFAR_TAR.is_file(), reason=f"real CIFAR-10 tarball not present at {CIFAR_TAR}")
+@pytest.mark.requires_dataset("cifar10")
 def test_cifar10_real_tarball(tmp_path):
     t0 = time.perf_counter()
     d = load_dataset("cifar10", CIFAR_TAR, cache_dir=tmp_path)

@@ -66,7 +66,7 @@ def test_fedsign_run_reaches_085_on_digits_in_5_rounds(tmp_path):
     assert read_metrics(tmp_path / "x")[-1]["accuracy"] >= 0.85
 
 
-@pytest.mark.skipif(not CIFAR10_TAR.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+@pytest.mark.requires_dataset("cifar10")
 def test_short_run_on_real_cifar10_jpeg(tmp_path):
     results = run(f"dataset='cifar10' data-dir='{CIFAR10_TAR}' model='cnn' num-clients=100 clients-per-round=2 "
                   "num-rounds=1 local-epochs=1 batch-size=64 lr=0.02 seed=0", tmp_path / "c")

@@ -1,0 +1,21 @@
+"""Shared test set-up: ``@pytest.mark.requires_dataset(name, ...)`` skips a test, with the reason, when a real
+dataset is not at its default place (Fashion-MNIST from apt, MNIST and CIFAR-10 under ../shared/data), so that
+``make test`` passes on a fresh machine. It asks fedsign.data's own locator, as a run with that dataset would."""
+
+import pytest
+
+from fedsign.data import DataSourceError, check_data_source
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_dataset(name, ...): skip unless the real dataset is installed at "
+                                       "its default data-dir")
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("requires_dataset"):
+        for name in marker.args:
+            try:
+                check_data_source(name)
+            except DataSourceError as err:
+                pytest.skip(f"needs the real {name} dataset: {err}")
