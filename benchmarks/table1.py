@@ -46,27 +46,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsign.algorithms import ALGORITHMS  # noqa: E402
 from fedsign.config import ConfigError, RunConfig  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
 
-METHODS = ("fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign")
-LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "moon": "MOON", "feddyn": "FedDyn",
-          "fedpan": "FedPAN", "fedsign": "FedSign"}
-# (run-config key, values) each method is tuned over; FedAvg has nothing to tune.
-TUNING_GRIDS: dict[str, tuple[str, tuple[float, ...]] | None] = {
-    "fedavg": None,
-    "fedprox": ("proximal-mu", (0.001, 0.01, 0.1)),
-    "moon": ("moon-mu", (0.1, 1.0, 5.0)),
-    "feddyn": ("feddyn-alpha", (0.001, 0.01, 0.1)),
-    "fedpan": ("pan-amplitude", (0.05, 0.1, 0.2)),
-    "fedsign": ("fedsign-gamma", (0.001, 0.01, 0.1)),
-}
+METHODS = tuple(ALGORITHMS)
+LABELS = {name: a.label for name, a in ALGORITHMS.items()}
+# (run-config key, values) each method is tuned over; None: nothing to tune (FedAvg).
+TUNING_GRIDS: dict[str, tuple[str, tuple[float, ...]] | None] = {name: a.tuning for name, a in ALGORITHMS.items()}
 # The metrics.csv column prefix of the model each method reports ("" = the server's global model).
-REPORTED_MODEL = {"feddyn": "participant_mean_"}
+REPORTED_MODEL = {name: a.reported_model for name, a in ALGORITHMS.items()}
 FINAL_WINDOW = 3
 # Cells run method by method in this order (tuning, then the selected value's seeds), so a partial sweep
 # already has the paper's comparison, FedSign against FedAvg, on every seed.
-RUN_ORDER = ("fedavg", "fedsign", "fedprox", "feddyn", "fedpan", "moon")
+RUN_ORDER = ("fedavg", "fedsign", *(m for m in METHODS if m not in ("fedavg", "fedsign")))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.fedsign import sign_term  # noqa: E402
-from fedsign.config import SIGN_REDUCTIONS, RunConfig  # noqa: E402
+from fedsign.algorithms import SIGN_REDUCTIONS  # noqa: E402
+from fedsign.config import RunConfig  # noqa: E402
 from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
 from fedsign.task import build_run_model, client_data  # noqa: E402
 from fedsign.training import TrainSettings, term_grad_ratio, train_local  # noqa: E402

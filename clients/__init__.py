@@ -7,11 +7,10 @@ from clients.fedpan import FedPANClient
 from clients.fedprox import FedProxClient
 from clients.fedsign import FedSignClient, WithSignTerm
 from clients.moon import MOONClient
+from fedsign.algorithms import ALGORITHMS
 from fedsign.config import RunConfig
 
-CLIENT_ALGORITHMS: dict[str, type[ClientAlgorithm]] = {
-    cls.name: cls for cls in (FedAvgClient, FedProxClient, MOONClient, FedDynClient, FedPANClient, FedSignClient)
-}
+CLIENT_ALGORITHMS: dict[str, type[ClientAlgorithm]] = {name: a.client_class() for name, a in ALGORITHMS.items()}
 
 
 def get_client_algorithm(name: str) -> ClientAlgorithm:

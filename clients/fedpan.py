@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from clients.base import ClientAlgorithm
-from fedsign.config import PAN_OPS, RunConfig
+from fedsign.algorithms import PAN_OPS
+from fedsign.config import RunConfig
 
 
 def pan_encoding(num_units: int, period: float) -> Tensor:

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from clients.base import ClientAlgorithm, ClientRound
-from fedsign.config import SIGN_REDUCTIONS, RunConfig
+from fedsign.algorithms import SIGN_REDUCTIONS
+from fedsign.config import RunConfig
 
 
 def sign_agreement_scores(local: Tensor, global_: Tensor) -> Tensor:

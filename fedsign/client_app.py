@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
 from clients import ClientAlgorithm, ClientRound, ClientState, make_client_algorithm
+from fedsign.algorithms import client_hyperparameters
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
@@ -139,10 +140,22 @@ class LocalTraining:
         return self.round.model
 
 
+def received_config(msg: Message, context: Context) -> RunConfig:
+    """The run config with the hyperparameters the strategy sent in this message (``client_config``)."""
+    config = run_config(context)
+    sent = msg.content["config"]
+    hyperparameters = client_hyperparameters(config.strategy, config.sign_gamma)
+    missing = [h.key for h in hyperparameters if h.key not in sent]
+    if missing:
+        raise ValueError(f"the server's train message lacks hyperparameter '{missing[0]}' of strategy "
+                         f"'{config.strategy}': run a strategy built by fedsign.server.make_strategy")
+    return config.replace(**{h.field: type(h.default)(sent[h.key]) for h in hyperparameters})
+
+
 def begin_training(msg: Message, context: Context) -> LocalTraining:
     """Build the model with the received global arrays, this client's state and data; measure
     ``term_grad_ratio`` on the first step when the algorithm has a loss term."""
-    config = run_config(context)
+    config = received_config(msg, context)
     pid = partition_id(context)
     server_round = int(msg.content["config"]["server-round"])
     state_key = str(msg.content["config"].get("state-key", ""))

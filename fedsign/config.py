@@ -1,8 +1,10 @@
 """The run configuration: one typed, validated object for every engine.
 
 Keys are Flower's kebab-case run-config keys (``num-clients``); fields are their
-snake_case twins (``num_clients``). Defaults live here and are mirrored in
-``pyproject.toml``'s ``[tool.flwr.app.config]`` (a test keeps the two equal).
+snake_case twins (``num_clients``). The platform's keys are declared here; every
+algorithm hyperparameter comes from the registry (``fedsign.algorithms``), one field each.
+Defaults are mirrored in ``pyproject.toml``'s ``[tool.flwr.app.config]`` (a test keeps the
+two equal).
 Validation runs before any data loading, Ray start or training, and raises
 :class:`ConfigError` whose message is one line naming the key and the fix.
 """
@@ -13,17 +15,16 @@ import dataclasses
 import os
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-STRATEGIES = ("fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign")
+from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS
+
+STRATEGIES = tuple(ALGORITHMS)
 ENGINES = ("inprocess", "vectorized")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_STYLES = ("per-class", "per-client")
-PAN_OPS = ("mul", "add")
-SIGN_REDUCTIONS = ("root4", "sum", "sqrt", "mean")  # see clients.fedsign
-MOON_FIRST_PREVIOUS = ("init", "random", "global")  # see clients.moon
 
 
 # The key=value pattern of Flower's ``parse_config_args``.
@@ -35,8 +36,9 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Every run-config key with its default; see README for each key's meaning."""
+class PlatformConfig:
+    """The platform's run-config keys with their defaults (README: "Run-config keys");
+    ``RunConfig`` adds the algorithms' hyperparameters."""
 
     strategy: str = "fedavg"
     dataset: str = "digits"
@@ -67,25 +69,6 @@ class RunConfig:
     min_replies: int = 1
     round_timeout: float = 3600.0
     fail_partitions: str = ""  # failure injection for reliability tests, see fedsign.faults
-    # FedProx
-    proximal_mu: float = 0.01
-    # MOON
-    moon_mu: float = 5.0
-    moon_temperature: float = 0.5
-    moon_out_dim: int = 256
-    moon_head: bool = True
-    moon_first_previous: str = "init"
-    # FedDyn
-    feddyn_alpha: float = 0.01
-    feddyn_adaptive_alpha: bool = True
-    # FedPAN
-    pan_op: str = "mul"
-    pan_amplitude: float = 0.1
-    pan_period: float = 4.0
-    # FedSign (and the composable sign term for any strategy)
-    fedsign_gamma: float = 0.01
-    fedsign_reduction: str = "root4"
-    sign_gamma: float = 0.0
 
     # ------------------------------------------------------------------ keys
     @staticmethod
@@ -155,18 +138,18 @@ class RunConfig:
         _one_of("engine", self.engine, ENGINES)
         _one_of("device", self.device, DEVICES)
         _one_of("partition-style", self.partition_style, PARTITION_STYLES)
-        _one_of("pan-op", self.pan_op, PAN_OPS)
-        _one_of("fedsign-reduction", self.fedsign_reduction, SIGN_REDUCTIONS)
-        _one_of("moon-first-previous", self.moon_first_previous, MOON_FIRST_PREVIOUS)
+        for hyperparameter in HYPERPARAMETERS.values():
+            problem = hyperparameter.problem(getattr(self, hyperparameter.field))
+            if problem:
+                raise ConfigError(problem)
         if not 0 <= self.validation_fraction < 0.5:
             raise ConfigError(f"validation-fraction must be in [0, 0.5), got {self.validation_fraction}")
         for key in ("num-clients", "clients-per-round", "num-rounds", "local-epochs",
-                    "batch-size", "eval-every", "moon-out-dim", "min-replies"):
+                    "batch-size", "eval-every", "min-replies"):
             _positive(key, getattr(self, key.replace("-", "_")))
-        for key in ("lr", "dirichlet-alpha", "moon-temperature", "round-timeout", "pan-period"):
+        for key in ("lr", "dirichlet-alpha", "round-timeout"):
             _positive(key, getattr(self, key.replace("-", "_")))
-        for key in ("momentum", "weight-decay", "grad-clip", "proximal-mu", "moon-mu",
-                    "feddyn-alpha", "pan-amplitude", "fedsign-gamma", "sign-gamma",
+        for key in ("momentum", "weight-decay", "grad-clip",
                     "min-partition-size", "checkpoint-every", "seed", "train-samples"):
             _non_negative(key, getattr(self, key.replace("-", "_")))
         if self.momentum >= 1:
@@ -191,8 +174,6 @@ class RunConfig:
                 parse_fail_partitions(self.fail_partitions, self.num_clients)
             except ValueError as err:
                 raise ConfigError(f"fail-partitions: {err}") from None
-        if self.strategy == "feddyn" and self.feddyn_alpha <= 0:
-            raise ConfigError("feddyn-alpha must be > 0 for strategy 'feddyn' (the server divides by it)")
         self._validate_data_and_model()
         return self
 
@@ -231,6 +212,15 @@ class RunConfig:
     def run_name(self) -> str:
         """A readable default run name: strategy-dataset-alpha-seed."""
         return f"{self.strategy}-{self.dataset}-a{self.dirichlet_alpha:g}-s{self.seed}"
+
+
+RunConfig = make_dataclass(
+    "RunConfig",
+    [(h.field, type(h.default), field(default=h.default)) for h in HYPERPARAMETERS.values()],
+    bases=(PlatformConfig,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": "Every run-config key: the platform's (PlatformConfig) and "
+                                                  "each registered algorithm's hyperparameters."},
+)
 
 
 def refuse_crash_faults(config: RunConfig, engine: str) -> None:

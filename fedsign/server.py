@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
+from fedsign.algorithms import client_hyperparameters, get_algorithm
 from fedsign.checkpoint import Checkpoint, resume_point, save_checkpoint
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform, write_partition_report
@@ -27,12 +28,13 @@ from fedsign.results import RunResults
 from fedsign.task import (build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data,
                           validation_data)
 from fedsign.training import evaluate, resolve_device
-from strategies import STRATEGY_CLASSES, FedAvg
+from strategies import FedAvg
 
 
 def make_strategy(config: RunConfig) -> FedAvg:
-    """The strategy named by ``config.strategy`` with the run's sampling settings."""
-    cls = STRATEGY_CLASSES[config.strategy]
+    """The registered strategy of ``config.strategy`` with the run's sampling settings; it sends
+    its clients the algorithm's hyperparameters (and the sign term's, when ``sign-gamma`` > 0)."""
+    cls = get_algorithm(config.strategy).strategy_class()
     return cls(
         fraction_train=config.clients_per_round / config.num_clients,
         min_train_nodes=config.clients_per_round,
@@ -40,6 +42,8 @@ def make_strategy(config: RunConfig) -> FedAvg:
         weighted=config.weighted,
         seed=config.seed,
         min_replies=config.min_replies,
+        client_config={h.key: getattr(config, h.field)
+                       for h in client_hyperparameters(config.strategy, config.sign_gamma)},
         **cls.options_from_config(config),
     )
 

@@ -7,14 +7,16 @@ function, so identical results for the same replies) and adds:
 - seeded sampling over a stable node order (by partition id, see ``set_node_order``);
 - ``weighted=False`` for the unweighted mean the authors' FedRepo code uses;
 - reply screening: error replies and replies whose arrays are non-finite or do not
-  match the keys and shapes that were sent are dropped and counted, never averaged.
+  match the keys and shapes that were sent are dropped and counted, never averaged;
+- ``client_config``: the algorithm's hyperparameters, sent to every sampled client in
+  ``configure_train`` (as Flower's FedProx sends ``proximal-mu``).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -42,10 +44,13 @@ class FedAvg(FlowerFedAvg):
     min_replies : int (default: 1)
         Fewest usable replies a round needs; with fewer, ``aggregate_train`` returns None
         before any aggregation (so no strategy state changes) and the round is skipped.
+    client_config : Mapping[str, bool | int | float | str] (default: none)
+        Hyperparameters sent to every sampled client with the global model (run-config keys,
+        e.g. ``{"proximal-mu": 0.01}``; the registry, ``fedsign.algorithms``, says which).
     """
 
     def __init__(self, *args: Any, weighted: bool = True, seed: int = 0, min_replies: int = 1,
-                 **kwargs: Any) -> None:
+                 client_config: Mapping[str, bool | int | float | str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("fraction_evaluate", 0.0)  # the server evaluates centrally
         flwr_logger = logging.getLogger("flwr")
         level = flwr_logger.level
@@ -57,6 +62,7 @@ class FedAvg(FlowerFedAvg):
             flwr_logger.setLevel(level)
         self.weighted = weighted
         self.min_replies = min_replies
+        self.client_config = dict(client_config or {})
         self.rng = random.Random(seed)
         self.node_order: list[int] | None = None
         self.sent_arrays: ArrayRecord | None = None
@@ -91,11 +97,13 @@ class FedAvg(FlowerFedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global arrays and config to a seeded sample of nodes."""
+        """Send the global arrays, config and ``client_config`` to a seeded sample of nodes."""
         if self.fraction_train == 0.0:
             return []
         node_ids = self.sample_train_nodes(grid)
         log(INFO, "configure_train: sampled %s nodes", len(node_ids))
+        for key, value in self.client_config.items():
+            config[key] = value
         config["server-round"] = server_round
         self.sent_arrays = arrays
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

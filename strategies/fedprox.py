@@ -1,8 +1,8 @@
 """FedProx (Li et al., MLSys 2020) on the server: FedAvg's sampling and aggregation.
 
 The algorithm lives in the client objective: the proximal term (``proximal-mu``), see
-``clients.fedprox``. Clients read their hyperparameters from the run config that every node
-receives, so the server needs none.
+``clients.fedprox``. The strategy sends the hyperparameters to the sampled clients in ``configure_train``
+(``client_config``), as Flower's strategies do; clients train with the values they receive.
 """
 
 from strategies.fedavg import FedAvg
@@ -15,5 +15,5 @@ class FedProx(FedAvg):
     ----------
     *args, **kwargs
         :class:`strategies.FedAvg`'s constructor arguments (Flower ``FedAvg``'s plus
-        ``weighted`` and ``seed``).
+        ``weighted``, ``seed``, ``min_replies`` and ``client_config``).
     """

@@ -1,8 +1,9 @@
 """FedSign (the paper, Algorithm 1) on the server: FedAvg's sampling and aggregation.
 
 The algorithm lives in the client objective: the sign-alignment term (``fedsign-gamma``,
-``fedsign-reduction``), see ``clients.fedsign``. Clients read their hyperparameters from the
-run config that every node receives, so the server needs none. Algorithm 1 averages with
+``fedsign-reduction``), see ``clients.fedsign``. The strategy sends the hyperparameters to the sampled
+clients in ``configure_train`` (``client_config``), as Flower's strategies do; clients train with
+the values they receive. Algorithm 1 averages with
 equal weights: run-config ``weighted=false``.
 """
 
@@ -16,5 +17,5 @@ class FedSign(FedAvg):
     ----------
     *args, **kwargs
         :class:`strategies.FedAvg`'s constructor arguments (Flower ``FedAvg``'s plus
-        ``weighted`` and ``seed``).
+        ``weighted``, ``seed``, ``min_replies`` and ``client_config``).
     """

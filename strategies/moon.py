@@ -1,8 +1,9 @@
 """MOON (Li, He, Song, CVPR 2021) on the server: FedAvg's sampling and aggregation.
 
 The algorithm lives in the client objective: the model-contrastive loss and its projection head
-(``moon-*`` keys), see ``clients.moon``. Clients read their hyperparameters from the run config that
-every node receives, so the server needs none.
+(``moon-*`` keys), see ``clients.moon``. The strategy sends the hyperparameters to the sampled clients in
+``configure_train`` (``client_config``), as Flower's strategies do; clients train with the values
+they receive.
 """
 
 from strategies.fedavg import FedAvg
@@ -15,5 +16,5 @@ class MOON(FedAvg):
     ----------
     *args, **kwargs
         :class:`strategies.FedAvg`'s constructor arguments (Flower ``FedAvg``'s plus
-        ``weighted`` and ``seed``).
+        ``weighted``, ``seed``, ``min_replies`` and ``client_config``).
     """
