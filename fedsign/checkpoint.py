@@ -5,7 +5,7 @@ atomically (temp file + rename). The file is plain safetensors, read without pic
 tensors are the global model (``model/<name>``), array-valued strategy state such as
 FedDyn's h (``strategy/<key>/<name>``) and, for the in-process engine, every node's
 ``context.state`` (``client/<partition>/<record>/<name>``); its header metadata holds one
-JSON document with the rest: round, run config, metrics rows, the state key under which
+JSON document with the rest: the tensor order, round, run config, metrics rows, the state key under which
 SuperNodes keep client state on disk, and the strategy's other state (the sampling RNG
 state, a tuple of ints). ``resume=true`` with the same out-dir and config continues from it.
 """
@@ -71,7 +71,7 @@ def encode(checkpoint: Checkpoint) -> bytes:
             records[str(pid)] = [_plain(r) for r in state.array_records]
             for name, record in state.array_records.items():
                 tensors.update({f"client/{pid}/{name}/{k}": a.numpy() for k, a in record.items()})
-    meta = {"format": FORMAT, "round": checkpoint.round, "config": checkpoint.config, "rows": checkpoint.rows,
+    meta = {"format": FORMAT, "tensors": list(tensors), "round": checkpoint.round, "config": checkpoint.config, "rows": checkpoint.rows,
             "state_key": checkpoint.state_key, "strategy_arrays": array_state, "client_records": records,
             "strategy": {k: v for k, v in checkpoint.strategy.items() if k not in array_state}}
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -107,6 +107,9 @@ def decode(data: bytes, where: str) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {where} is not a FedSign checkpoint (format {FORMAT}); {fix}")
     try:
+        if sorted(meta["tensors"]) != sorted(tensors):
+            raise ValueError("tensor list")
+        tensors = {k: tensors[k] for k in meta["tensors"]}  # safetensors sorts names; models need their order
         strategy = {k: _tuples(v) for k, v in meta["strategy"].items()}
         for key in meta["strategy_arrays"]:
             strategy[key] = _prefixed(tensors, f"strategy/{key}/")
