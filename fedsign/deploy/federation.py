@@ -37,6 +37,7 @@ MARKER = "FEDSIGN_FEDERATION"
 CONNECTION = "fedsign"
 DEFAULT_PORT = 9093
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -140,7 +141,7 @@ def _log_tail(log: Path, offset: int) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return "no log"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ANSI.sub("", ln).strip() for ln in text.splitlines() if ln.strip()]
     for i, line in enumerate(lines):
         if "Exit Code:" in line:
             block = [re.sub(r"^.*Exit Code:", "Exit Code:", line), *lines[i + 1:i + 3]]
@@ -202,7 +203,7 @@ def start_supernode(fed: Federation, superlink: str, partition_id: int, num_part
     its client state goes to state/ (node config ``state-dir``), its data comes from ``data_dir``
     (node config ``data-dir``) when given, else from the run's data-dir."""
     split_address(superlink)
-    check_certificate(ca_cert, "CA certificate", "copy ca.crt from the SuperLink machine")
+    ca_cert = check_certificate(ca_cert, "CA certificate", "copy ca.crt from the SuperLink machine").resolve()
     node_config = (f"partition-id={partition_id} num-partitions={num_partitions} "
                    f"state-dir={_toml_string(str(fed.state))}")
     if data_dir:
@@ -212,7 +213,7 @@ def start_supernode(fed: Federation, superlink: str, partition_id: int, num_part
     command = [_bin("flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca_cert),
                "--node-config", node_config, "--port", str(runtime_port)]
     if key is not None:
-        command += ["--auth-supernode-private-key", str(check_node_key(key))]
+        command += ["--auth-supernode-private-key", str(check_node_key(key).resolve())]
     if max_retries is not None:
         command += ["--max-retries", str(max_retries)]
     return fed.start(name or f"supernode-{partition_id}", command)
