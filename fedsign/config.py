@@ -261,6 +261,11 @@ def check_out_dir_creatable(path: Path) -> None:
     """ConfigError unless ``path`` is a folder or one that can be created here (names not too
     long, nothing on the way is a file, the nearest existing folder takes a new entry); the
     probe (a temporary folder, removed at once) leaves nothing behind."""
+    name_max, path_max = os.pathconf("/", "PC_NAME_MAX"), os.pathconf("/", "PC_PATH_MAX")
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
+    if too_long or len(os.fsencode(str(path))) >= path_max:
+        raise ConfigError(f"out-dir name too long ({'a folder name over ' + str(name_max) if too_long else 'the path'}"
+                          f" bytes); choose a shorter out-dir")
     if path.is_file():
         raise ConfigError(f"out-dir {path} is a file; choose a directory")
     existing = path
@@ -268,11 +273,6 @@ def check_out_dir_creatable(path: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"out-dir {path} lies under the file {existing}; choose a path under a directory")
-    name_max = os.pathconf(existing, "PC_NAME_MAX")
-    too_long = [part for part in path.relative_to(existing).parts if len(os.fsencode(part)) > name_max]
-    if too_long or len(os.fsencode(str(path))) >= os.pathconf(existing, "PC_PATH_MAX"):
-        raise ConfigError(f"out-dir name too long ({'a folder name over ' + str(name_max) if too_long else 'the path'}"
-                          f" bytes); choose a shorter out-dir")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".fedsign-probe-", dir=existing))
     except OSError as err:
