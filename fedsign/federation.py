@@ -129,7 +129,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             print(f"{name} up (pid {proc.pid}): the SuperLink accepted it as SuperNode {node_id}", flush=True)
     except BaseException:
         for _, proc, _ in started:
-            fed.stop_tree(proc.pid)
+            fed.stop_session(proc.pid)
         raise
     return 0
 

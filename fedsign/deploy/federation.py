@@ -83,10 +83,10 @@ class Federation:
         """SIGTERM every process of this federation, SIGKILL what is left after ``timeout``."""
         return processes.stop(self.processes, timeout)
 
-    def stop_tree(self, pid: int) -> None:
-        """Stop ``pid`` and its children (a launcher's failure path)."""
-        tree = processes.descendants(pid)
-        processes.stop(lambda: [p for p in tree if processes.alive(p)], timeout=5.0)
+    def stop_session(self, pid: int) -> None:
+        """Stop the process ``start`` began as ``pid`` and every process of its session (a launcher's
+        failure path: a SuperNode's SuperExec outlives it otherwise)."""
+        processes.stop(lambda: processes.session(pid), timeout=5.0)
 
 
 def wait_for_tls(host: str, port: int, ca_cert: Path, timeout: float, pid: int | None = None) -> None:
@@ -180,7 +180,7 @@ def start_superlink(fed: Federation, host: str, port: int, auth: bool = True, ti
         if port not in processes.listening_ports(processes.descendants(proc.pid)):
             raise DeployError(f"port {port} answered, but not from the SuperLink (pid {proc.pid})")
     except DeployError as err:
-        fed.stop_tree(proc.pid)
+        fed.stop_session(proc.pid)
         raise DeployError(f"{err}; its log says: {_log_tail(log, offset)}") from None
     return proc.pid
 
@@ -236,9 +236,10 @@ def wait_connected(fed: Federation, proc: subprocess.Popen, name: str, offset: i
         if found:
             return found[1].decode()
         if proc.poll() is not None:
+            fed.stop_session(proc.pid)
             raise DeployError(f"{name} was refused (exit code {proc.returncode}): {_log_tail(log, offset)}")
         if time.monotonic() > deadline:
-            fed.stop_tree(proc.pid)
+            fed.stop_session(proc.pid)
             raise DeployError(f"{name} did not connect within {timeout:.0f}s (stopped it): {_log_tail(log, offset)}")
         time.sleep(0.3)
 

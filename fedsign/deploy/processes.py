@@ -94,6 +94,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def session(sid: int) -> list[int]:
+    """Live processes of the session ``sid`` (one ``start_detached`` began), orphans included."""
+    found = []
+    for pid in [sid, *_other_pids()]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid and pid not in found:
+            found.append(pid)
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every live process below it."""
     children: dict[int, list[int]] = {}
