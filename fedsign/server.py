@@ -125,7 +125,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             raise
         except KeyboardInterrupt:
             saved = load_checkpoint_round(results.out_dir)
-            reason = (f"interrupted after {len(results.rows)} finished round(s); resume=true continues from round "
+            reason = (f"stopped after {len(results.rows)} finished round(s); resume=true continues from round "
                       f"{saved + 1}" + ("" if saved else " (no checkpoint)"))
             results.mark("interrupted", reason)
             raise RunInterrupted(f"{reason} in {results.out_dir}") from None
