@@ -91,6 +91,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         os.unlink(overrides)
         if stopped:
             print(f"stopped local SuperLink (pid {', '.join(map(str, stopped))})", flush=True)
+    from fedsign.results import check_outcome
+
+    check_outcome(config.out_dir)
     metrics = Path(config.out_dir) / "metrics.csv"
     if status == 0 and not (Path(config.out_dir) / "model.safetensors").exists():
         raise CLIError(f"flwr run ended but the run wrote no final model; see {flwr_home}/local-superlink/"
@@ -171,5 +174,7 @@ def console() -> None:
     exit_now(main())
 
 
-if __name__ == "__main__":
-    console()
+if __name__ == "__main__":  # run as the imported module: fedsign.federation raises fedsign.cli.CLIError
+    from fedsign.cli import console as _console
+
+    _console()

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from fedsign.checkpoint import resume_point
 from fedsign.cli import CLIError, load_config
-from fedsign.deploy import DeployError
 from fedsign.deploy.certificates import check_node_key, make_certificates, make_node_key
 from fedsign.deploy.federation import (CONNECTION, DEFAULT_PORT, Federation, register_node, run_app, serverapps,
                                        split_address, start_superlink, start_supernode, wait_connected,
                                        write_connection)
 from fedsign.deploy.processes import LOOPBACK, free_port
-from fedsign.results import RunInterrupted, RunResults
+from fedsign.results import RunInterrupted, RunResults, check_outcome
 
 DEFAULT_DIR = ".federation"
 __all__ = ["Federation", "add_federation_parser", "free_port", "make_certificates", "make_node_key",
@@ -53,6 +52,7 @@ def submit(fed: Federation, run_config: list[str] | None, wait_nodes: float) -> 
         raise RunInterrupted("the run was stopped on the SuperLink" + (
             f", but ServerApp processes {left} still run; `fedsign federation down` stops them" if left else
             f"; resume=true with out-dir {config.out_dir} continues it")) from None
+    check_outcome(config.out_dir)
     if status == 0 and not (Path(config.out_dir) / "model.safetensors").exists():
         raise CLIError(f"flwr run ended but the run wrote no final model; see {fed.logs}/ and {config.out_dir}")
     return status

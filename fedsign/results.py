@@ -89,6 +89,13 @@ def read_marker(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT else None
 
 
+def check_outcome(out_dir: str | os.PathLike) -> None:
+    """RunFailed if the run another process made in ``out_dir`` (Ray, a deployment) diverged."""
+    marker = read_marker(out_dir) or {}
+    if marker.get("status") == "diverged":
+        raise RunFailed(marker.get("reason") or f"the run in {out_dir} diverged")
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<out-dir>/fedsign-run.lock``, held while a run writes the folder.
 

@@ -5,6 +5,7 @@ process running (checked by PID)."""
 
 import datetime
 import hashlib
+import signal
 import socket
 import subprocess
 import sys
@@ -154,6 +155,36 @@ def test_run_shows_connected_nodes_and_gives_up_after_wait_nodes(fed, monkeypatc
     assert time.monotonic() - start < 5
     assert capsys.readouterr().out.splitlines() == ["waiting for SuperNodes: 0 of 2 connected",
                                                    "waiting for SuperNodes: 1 of 2 connected"]
+
+
+def test_interrupted_run_is_stopped_on_the_superlink(fed, tmp_path, monkeypatch):
+    """Ctrl-C while `flwr run` streams: `flwr stop <run-id> fedsign` is called and `flwr run` is stopped."""
+    import threading
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "flwr"
+    fake.write_text(f"#!{sys.executable}\nimport sys, time\nopen({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                    "if sys.argv[1] == 'run':\n    print('Successfully started run 42', flush=True)\n    time.sleep(60)\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(deploy, "_bin", lambda name: str(fake))
+    monkeypatch.setattr(deploy, "wait_for_nodes", lambda *a: None)
+    deploy.write_connection(fed, "127.0.0.1:1")
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):  # the first Popen is `flwr run`: Ctrl-C a second after it started
+        proc = real_popen(*args, **kwargs)
+        if not started:
+            main = threading.main_thread().ident  # a real SIGINT: it interrupts the blocking read
+            threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT)).start()
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(deploy.subprocess, "Popen", popen)
+    with pytest.raises(KeyboardInterrupt):
+        deploy.run_app(fed, {"num-rounds": 1}, 2, 10.0)
+    assert calls.read_text().splitlines()[-1] == "stop 42 fedsign"
+    assert started and not processes.alive(started[0].pid)
 
 
 def test_run_rejects_a_non_positive_wait(fed, capfd):
