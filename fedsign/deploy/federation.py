@@ -251,14 +251,15 @@ def _toml_string(text: str) -> str:
     return f"'{text}'"
 
 
-def online_nodes(fed: Federation) -> int | None:
-    """SuperNodes the SuperLink lists as online (None if it could not be asked)."""
+def online_nodes(fed: Federation) -> int | str:
+    """How many SuperNodes the SuperLink lists as online, or why it could not be asked."""
     proc = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION, "--format", "json"], env=fed.env(),
                           capture_output=True, text=True)
     try:
         nodes = json.loads(proc.stdout)["nodes"]
     except (ValueError, KeyError, TypeError):
-        return None
+        lines = [ANSI.sub("", ln).strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        return f"`flwr supernode ls` failed: {lines[-1] if lines else 'no output'}"
     return sum(1 for n in nodes if n.get("status") == "online")
 
 
@@ -268,14 +269,15 @@ def wait_for_nodes(fed: Federation, count: int, timeout: float, poll: float = 2.
     while True:
         online = online_nodes(fed)
         if online != last:
-            shown = "?" if online is None else online
+            shown = online if isinstance(online, int) else f"? ({online})"
             print(f"waiting for SuperNodes: {shown} of {count} connected", flush=True)
             last = online
-        if online is not None and online >= count:
+        if isinstance(online, int) and online >= count:
             return
         if time.monotonic() > deadline:
-            raise DeployError(f"only {last if last is not None else 'an unknown number'} of {count} SuperNodes "
-                              f"connected within {timeout:.0f}s (--wait-nodes); start the missing ones with "
+            got = f"only {online} of {count} SuperNodes connected" if isinstance(online, int) else \
+                f"could not count the SuperNodes ({online})"
+            raise DeployError(f"{got} within {timeout:.0f}s (--wait-nodes); start the missing ones with "
                               "`fedsign federation supernode` and check their logs")
         time.sleep(poll)
 
