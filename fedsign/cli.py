@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,51 +41,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from fedsign.results import RunResults
+
     config = load_config(args.run_config)
+    RunResults.check_out_dir(config.out_dir, config.resume)
     print(f"ok: {config.strategy} on {config.dataset}, {config.num_clients} clients, "
           f"{config.num_rounds} rounds -> {config.out_dir}")
     return 0
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for flwr: project-local FLWR_HOME, no runtime dependency installs."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)  # flwr starts flower-superlink by name
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env.update(FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FEDSIGN_WORKDIR=str(Path.cwd()), FLWR_DISABLE_UPDATE_CHECK="1")
-    return env
+def stop_local_superlink(flwr_home: Path) -> list[int]:
+    """Stop the detached local SuperLink that ``flwr run`` left running under ``flwr_home``."""
+    from fedsign.deploy.processes import pids_with_cmdline, stop
 
-
-def superlink_pids(flwr_home: Path) -> list[int]:
-    """PIDs of flower-superlink processes started under ``flwr_home``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def stop_superlink(flwr_home: Path) -> list[int]:
-    """Stop the detached local SuperLink that ``flwr run`` left running."""
-    pids = superlink_pids(flwr_home)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    return pids
+    return stop(lambda: pids_with_cmdline("flower-superlink", str(flwr_home)), timeout=10.0)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Validate, then ``flwr run`` the app on Ray with num-supernodes = num-clients."""
     import tomli_w
+
+    from fedsign.deploy.federation import flower_env
 
     config = load_config(args.run_config)
     refuse_crash_faults(config, "Ray's actor pool")
@@ -103,17 +78,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT_DIR), "--stream", "--run-config", overrides,
                "--federation-config", " ".join(federation)]
     print("$ " + shlex.join(command), flush=True)
-    stop_superlink(flwr_home)
+    stop_local_superlink(flwr_home)
     try:
         env = flower_env(flwr_home)
         if args.ray_address:  # ray.init() inside the SuperLink attaches to this cluster
             env["RAY_ADDRESS"] = args.ray_address
         status = subprocess.call(command, env=env)
     finally:
-        stopped = stop_superlink(flwr_home)
+        stopped = stop_local_superlink(flwr_home)
         os.unlink(overrides)
         if stopped:
             print(f"stopped local SuperLink (pid {', '.join(map(str, stopped))})", flush=True)
+    from fedsign.results import check_outcome
+
+    check_outcome(config.out_dir)
     metrics = Path(config.out_dir) / "metrics.csv"
     if status == 0 and not (Path(config.out_dir) / "model.safetensors").exists():
         raise CLIError(f"flwr run ended but the run wrote no final model; see {flwr_home}/local-superlink/"
@@ -158,16 +136,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (nothing written), 1 the run diverged, 130 interrupted."""
     from fedsign.data import DataSourceError
-    from fedsign.results import OutDirError
+    from fedsign.deploy import DeployError
+    from fedsign.results import OutDirError, RunFailed, RunInterrupted
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataSourceError, OutDirError, CLIError) as err:
+    except (ConfigError, DataSourceError, OutDirError, CLIError, DeployError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        print(f"error: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
+        return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def exit_now(status: int) -> None:
+    """Exit with ``status`` without waiting for client threads still inside torch (a Ctrl-C ends the
+    main thread mid-round; finalising the interpreter under them aborts in C++)."""
+    import threading
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t.daemon and t.is_alive() for t in threading.enumerate()):
+        os._exit(status)
+    sys.exit(status)
+
+
+def console() -> None:
+    """The ``fedsign`` console script."""
+    exit_now(main())
+
+
+if __name__ == "__main__":  # run as the imported module: fedsign.federation raises fedsign.cli.CLIError
+    from fedsign.cli import console as _console
+
+    _console()

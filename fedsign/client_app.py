@@ -10,9 +10,7 @@ restart (Flower keeps ``context.state`` in the SuperNode's memory only). A node 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,19 +84,13 @@ def save_state(context: Context, state: ClientState, state_key: str = "") -> Non
         return
     if not state:
         return
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from fedsign.results import atomic_write
 
     flat = {f"{name}/{param}": v.detach().cpu().contiguous() for name, tensors in state.items()
             for param, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(flat, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, save(flat))
 
 
 def train_settings(config: RunConfig) -> TrainSettings:

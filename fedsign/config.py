@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class PlatformConfig:
     device: str = "auto"
     engine: str = "inprocess"
     resume: bool = False
-    checkpoint_every: int = 0
+    checkpoint_every: int = 1
     weighted: bool = True
     min_replies: int = 1
     round_timeout: float = 3600.0
@@ -174,8 +175,38 @@ class PlatformConfig:
                 parse_fail_partitions(self.fail_partitions, self.num_clients)
             except ValueError as err:
                 raise ConfigError(f"fail-partitions: {err}") from None
+        self._validate_round_timeout()
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device='cuda' but torch sees no CUDA GPU here; use device='cpu' or 'auto'")
+        if self.out_dir and Path(self.out_dir).is_absolute():
+            check_out_dir_creatable(Path(self.out_dir))
         self._validate_data_and_model()
+        self._validate_partition()
         return self
+
+    def _validate_round_timeout(self) -> None:
+        from flwr.app.constants import DEFAULT_TTL  # a message expires after its TTL: no reply comes later
+
+        if not self.round_timeout <= DEFAULT_TTL:
+            raise ConfigError(f"round-timeout must be at most {DEFAULT_TTL} s (Flower's message lifetime), "
+                              f"got {self.round_timeout}")
+
+    def _validate_partition(self) -> None:
+        """Draw the run's partition (cached for the run): too many clients for the data, or an
+        alpha so small that no draw gives every client min-partition-size samples, is refused here."""
+        from fedsign.data import DataSourceError, client_partitions
+
+        try:
+            client_partitions(self.dataset, self.data_dir, self.train_samples, self.validation_fraction,
+                              self.num_clients, self.dirichlet_alpha, self.seed, self.partition_style,
+                              self.min_partition_size)
+        except DataSourceError as err:
+            raise ConfigError(f"data-dir: {err}") from None
+        except ValueError as err:
+            raise ConfigError(f"partition: {err} (num-clients, min-partition-size, dirichlet-alpha)") from None
 
     def _validate_data_and_model(self) -> None:
         from fedsign.data import DATASETS, DataSourceError, check_data_source
@@ -207,7 +238,9 @@ class PlatformConfig:
             located = check_data_source(self.dataset, None)
             data_dir = str(located) if located is not None else ""
         out_dir = self.out_dir or str(Path("runs") / f"{self.run_name()}-{time.strftime('%Y%m%d-%H%M%S')}")
-        return self.replace(data_dir=data_dir, out_dir=str((root / out_dir).resolve()))
+        out_path = Path(os.path.abspath(root / out_dir))
+        check_out_dir_creatable(out_path)
+        return self.replace(data_dir=data_dir, out_dir=str(out_path.resolve()))
 
     def run_name(self) -> str:
         """A readable default run name: strategy-dataset-alpha-seed."""
@@ -231,6 +264,29 @@ def refuse_crash_faults(config: RunConfig, engine: str) -> None:
     if any(mode == "crash" for entries in faults.values() for mode, _ in entries):
         raise ConfigError(f"fail-partitions: 'crash' kills the ClientApp's process, which {engine} "
                           "shares; use it with `fedsign federation` (SuperNode subprocesses)")
+
+
+def check_out_dir_creatable(path: Path) -> None:
+    """ConfigError unless ``path`` is a folder or one that can be created here (names not too
+    long, nothing on the way is a file, the nearest existing folder takes a new entry); the
+    probe (a temporary folder, removed at once) leaves nothing behind."""
+    name_max, path_max = os.pathconf("/", "PC_NAME_MAX"), os.pathconf("/", "PC_PATH_MAX")
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
+    if too_long or len(os.fsencode(str(path))) >= path_max:
+        raise ConfigError(f"out-dir name too long ({'a folder name over ' + str(name_max) if too_long else 'the path'}"
+                          f" bytes); choose a shorter out-dir")
+    if path.is_file():
+        raise ConfigError(f"out-dir {path} is a file; choose a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"out-dir {path} lies under the file {existing}; choose a path under a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fedsign-probe-", dir=existing))
+    except OSError as err:
+        raise ConfigError(f"out-dir {path} cannot be created or written in {existing} ({err.strerror}); "
+                          "choose a writable location") from None
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

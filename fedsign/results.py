@@ -1,36 +1,62 @@
 """The one results writer: config.json, environment.json, metrics.csv, final model, accuracy curve, summary.
 
-``metrics.csv`` is rewritten atomically after every round (temp file + rename), so a
-crash keeps every finished round and never leaves a half-written file.
+Every file is written by ``atomic_write`` (temp file + rename, mode 0666 less the umask), so
+a crash keeps every finished round and never leaves a half-written file. A run folder carries
+the marker ``fedsign-run.json`` (its status: running, finished, diverged, interrupted, failed)
+and is held by an exclusive lock on ``fedsign-run.lock`` while a run writes to it
+(see docs/results-folder.md).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
+import math
 import os
 import platform
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 METRIC_COLUMNS = ("round", "accuracy", "loss", "train_loss", "num_replies", "num_failures", "seconds")
+MARKER_NAME = "fedsign-run.json"
+LOCK_NAME = "fedsign-run.lock"
+MARKER_FORMAT = 1
 
 
 class OutDirError(FileExistsError):
     """The output directory is not usable for this run."""
 
 
+class RunFailed(RuntimeError):
+    """The run ended without a usable model (diverged); its results are marked so."""
+
+
+class RunInterrupted(RuntimeError):
+    """The run was stopped by SIGINT; its results are marked interrupted."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename; the file gets
+    mode 0666 less the umask, as ``open`` would give it (mkstemp alone gives 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -39,12 +65,85 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that strict parsers accept: non-finite floats become null."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_marker(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run marker of ``out_dir`` (None when it has none or it is not a FedSign marker)."""
+    try:
+        marker = json.loads((Path(out_dir) / MARKER_NAME).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT else None
+
+
+def check_outcome(out_dir: str | os.PathLike) -> None:
+    """RunFailed if the run another process made in ``out_dir`` (Ray, a deployment) diverged."""
+    marker = read_marker(out_dir) or {}
+    if marker.get("status") == "diverged":
+        raise RunFailed(marker.get("reason") or f"the run in {out_dir} diverged")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<out-dir>/fedsign-run.lock``, held while a run writes the folder.
+
+    The kernel drops it when the process ends, however it ends (kill -9 included)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        fd = self._locked_fd(Path(self.path.parent))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    @staticmethod
+    def _locked_fd(out_dir: Path) -> int:
+        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutDirError(f"out-dir {out_dir} is in use by another run (pid {holder}); wait for it "
+                              "to end or pick another out-dir") from None
+        return fd
+
+    @staticmethod
+    def check_free(out_dir: str | os.PathLike) -> None:
+        """OutDirError if a run holds ``out_dir``'s lock now (nothing is written)."""
+        if (Path(out_dir) / LOCK_NAME).is_file():
+            os.close(RunLock._locked_fd(Path(out_dir)))
+
+
 class RunResults:
     """Files of one run under ``out_dir``."""
 
     def __init__(self, out_dir: str | os.PathLike, rows: Iterable[dict[str, Any]] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict[str, Any]] = list(rows)
+        self.lock: RunLock | None = None
+        self.status = "running"
 
     @classmethod
     def create(cls, out_dir: str | os.PathLike, resume: bool = False) -> "RunResults":
@@ -53,17 +152,51 @@ class RunResults:
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
+    @classmethod
+    def open_run(cls, out_dir: str | os.PathLike, resume: bool = False) -> "RunResults":
+        """Open ``out_dir`` for a federated run: checked as ``check_out_dir`` does, created, locked
+        (OutDirError if another run holds it). Nothing but the lock file is written yet."""
+        path = cls.check_out_dir(out_dir, resume)
+        path.mkdir(parents=True, exist_ok=True)
+        results = cls(path)
+        results.lock = RunLock(path).acquire()
+        return results
+
     @staticmethod
     def check_out_dir(out_dir: str | os.PathLike, resume: bool = False) -> Path:
-        """``out_dir`` as a Path if a run may write there; OutDirError otherwise."""
+        """``out_dir`` as a Path if a run may write there; OutDirError otherwise: a file, a
+        non-empty folder without resume, and with resume a non-empty folder no run wrote."""
         path = Path(out_dir)
         if path.exists() and not path.is_dir():
             raise OutDirError(f"out-dir {path} is a file; choose a directory")
-        if not resume and path.exists() and any(path.iterdir()):
-            raise OutDirError(
-                f"out-dir {path} is not empty; pick a new out-dir or pass resume=true to continue it"
-            )
+        if path.exists() and any(path.iterdir()):
+            if not resume:
+                raise OutDirError(
+                    f"out-dir {path} is not empty; pick a new out-dir or pass resume=true to continue it"
+                )
+            if read_marker(path) is None:
+                raise OutDirError(f"out-dir {path} is not a FedSign run folder (no {MARKER_NAME}); resume=true "
+                                  "continues only a folder a run wrote: pick a new or empty out-dir")
+            RunLock.check_free(path)
         return path
+
+    def mark(self, status: str, reason: str = "") -> None:
+        """Record the run's status in the marker and, once it ended, in summary.json."""
+        self.status = status
+        marker = {"format": MARKER_FORMAT, "status": status, "rounds": len(self.rows), "pid": os.getpid(),
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if reason:
+            marker["reason"] = reason
+        if status != "running":
+            atomic_write(self.out_dir / "summary.json",
+                         strict_json({"status": status, "reason": reason or None, **self.summary()}, indent=2) + "\n")
+        atomic_write(self.out_dir / MARKER_NAME, strict_json(marker, indent=2) + "\n")
+
+    def close(self) -> None:
+        """Release the out-dir's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -71,7 +204,7 @@ class RunResults:
         return self.out_dir / "metrics.csv"
 
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write(self.out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write(self.out_dir / "config.json", strict_json(config, indent=2, sort_keys=True) + "\n")
 
     def write_environment(self, device: torch.device) -> None:
         """Versions, device and torch's thread count of this process: CPU results are bitwise
@@ -100,9 +233,7 @@ class RunResults:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                  if v.is_floating_point()}
         path = self.out_dir / name
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, save(state))
         return path
 
     def plot_accuracy(self) -> Path | None:
@@ -122,8 +253,10 @@ class RunResults:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = self.out_dir / "accuracy.png"
-        fig.savefig(path, dpi=120)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
         plt.close(fig)
+        atomic_write(path, buffer.getvalue())
         return path
 
     # ---------------------------------------------------------------- summary

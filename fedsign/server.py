@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
 from fedsign.algorithms import client_hyperparameters, get_algorithm
-from fedsign.checkpoint import Checkpoint, resume_point, save_checkpoint
+from fedsign.checkpoint import (Checkpoint, CheckpointError, check_arrays, checkpoint_path, load_checkpoint,
+                                resume_point, save_checkpoint)
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform, write_partition_report
 from fedsign.landscape.signs import sign_consistency
 from fedsign.models import parameter_groups
-from fedsign.results import RunResults
+from fedsign.results import RunFailed, RunInterrupted, RunResults
 from fedsign.task import (build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data,
                           validation_data)
 from fedsign.training import evaluate, resolve_device
@@ -98,25 +101,97 @@ def _ssr_key(prefix: str, group: str) -> str:
 
 
 def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunResults:
-    """Run every round of ``config`` over ``grid``; return the written results."""
+    """Run every round of ``config`` over ``grid``; return the written results.
+
+    Everything that can refuse the run (data, partition, out-dir, lock, checkpoint) is checked
+    before the first write. RunFailed: the run diverged (marked so in the out-dir);
+    RunInterrupted: Ctrl-C (the last checkpoint stays the resume point)."""
     device = resolve_device(config.device)
     spec = DATASETS[config.dataset]
     labels = dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
-    results = RunResults.create(config.out_dir, resume=config.resume)
-    checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
-    results.write_config(config.to_dict())
-    results.write_environment(device)
-    write_partition_report(results.out_dir, labels, list(run_partitions(config)), spec.num_classes)
-
+    partitions = run_partitions(config)
     model = build_run_model(config).to(device)
+    strategy = make_strategy(config)
+    arrays = model_arrays(model)
+    results = RunResults.open_run(config.out_dir, resume=config.resume)
+    try:
+        checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
+        if checkpoint is not None:
+            check_checkpoint(checkpoint, config, arrays, str(checkpoint_path(results.out_dir)))
+        if config.resume:
+            print(resume_plan(results.out_dir, config, checkpoint), flush=True)
+        results.mark("running")
+        results.write_config(config.to_dict())
+        results.write_environment(device)
+        write_partition_report(results.out_dir, labels, list(partitions), spec.num_classes)
+        try:
+            _rounds(grid, config, results, model, strategy, arrays, checkpoint, progress)
+        except RunFailed as err:
+            results.mark("diverged", str(err))
+            raise
+        except KeyboardInterrupt:
+            saved = load_checkpoint_round(results.out_dir)
+            reason = (f"stopped after {len(results.rows)} finished round(s); resume=true continues from round "
+                      f"{saved + 1}" + ("" if saved else " (no checkpoint)"))
+            results.mark("interrupted", reason)
+            raise RunInterrupted(f"{reason} in {results.out_dir}") from None
+        except BaseException as err:
+            results.mark("failed", f"{type(err).__name__}: {err}".splitlines()[0])
+            raise
+        results.mark("finished")
+    finally:
+        results.close()
+    if progress:
+        print(results.summary_table(), flush=True)
+    return results
+
+
+def check_checkpoint(checkpoint: Checkpoint, config: RunConfig, arrays: ArrayRecord, where: str) -> None:
+    """CheckpointError unless ``checkpoint`` fits this run's model (``arrays``) and strategy."""
+    check_arrays(checkpoint, {k: (tuple(a.shape), np.dtype(a.numpy().dtype)) for k, a in arrays.items()}, where)
+    try:
+        make_strategy(config).load_state_dict(checkpoint.strategy)  # tried on a throw-away strategy
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {where} holds strategy state this run cannot use ({err}); "
+                              "delete it to rerun from round 1, or pick a new out-dir") from None
+
+
+def resume_plan(out_dir: Path, config: RunConfig, checkpoint: Checkpoint | None) -> str:
+    """The one line that says what ``resume=true`` does here."""
+    if checkpoint is not None:
+        if checkpoint.round >= config.num_rounds:
+            return f"resume: {out_dir} finished all {config.num_rounds} rounds; writing its final files again"
+        return f"resume: continuing {out_dir} from round {checkpoint.round + 1} of {config.num_rounds}"
+    if (out_dir / "metrics.csv").exists():
+        return (f"resume: {out_dir} has no checkpoint (checkpoint-every={config.checkpoint_every}); "
+                "starting again from round 1 and replacing its metrics")
+    return f"resume: nothing to resume in {out_dir}; starting from round 1"
+
+
+def load_checkpoint_round(out_dir: Path) -> int:
+    """The round of the out-dir's checkpoint, 0 without a readable one."""
+    try:
+        checkpoint = load_checkpoint(out_dir)
+    except CheckpointError:
+        return 0
+    return checkpoint.round if checkpoint is not None else 0
+
+
+def all_finite(arrays: ArrayRecord) -> bool:
+    return all(np.isfinite(a.numpy()).all() for a in arrays.values() if np.issubdtype(a.numpy().dtype, np.floating))
+
+
+def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.Module, strategy: FedAvg,
+            arrays: ArrayRecord, checkpoint: Checkpoint | None, progress: bool) -> None:
+    """The round loop (after the out-dir was opened); writes metrics, checkpoints and the final model."""
+    device = next(model.parameters()).device
+    spec = DATASETS[config.dataset]
     x_test, y_test = test_data(config, device)
     validation = validation_data(config, device)
     eval_transform = make_batch_transform(spec, train=False)
-    strategy = make_strategy(config)
     strategy.set_node_order(discover_nodes(grid, config))
 
     groups = parameter_groups(model)
-    arrays = model_arrays(model)
     first_round, state_key = 1, uuid4().hex  # state_key: where SuperNodes keep this run's client state
     if checkpoint is not None:
         arrays, first_round, state_key = checkpoint.array_record(), checkpoint.round + 1, checkpoint.state_key
@@ -138,6 +213,11 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
             "num_replies": usable,
             "num_failures": len(strategy.last_dropped) + len(messages) - len(replies),
         }
+        if new_arrays is not None and not all_finite(new_arrays):
+            row["seconds"] = time.perf_counter() - start
+            results.append_round(row)
+            raise RunFailed(f"run diverged in round {server_round}: the aggregated global model has non-finite "
+                            f"values (lr={config.lr:g}); lower lr or set grad-clip, and rerun in a new out-dir")
         if new_arrays is not None:  # None: fewer than min-replies usable replies
             client_arrays = [c.array_records[strategy.arrayrecord_key] for c in strategy.last_usable]
             row.update(sign_tracking(arrays, new_arrays, client_arrays, groups))
@@ -170,9 +250,11 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
                 client_states=grid.client_states() if hasattr(grid, "client_states") else None,
             ))
 
+    if all(r.get("skipped") for r in results.rows):
+        failures = sum(int(r.get("num_failures") or 0) for r in results.rows)
+        raise RunFailed(f"every round failed: no round had min-replies={config.min_replies} usable replies "
+                        f"({failures} failed or non-finite replies in {len(results.rows)} rounds; lr={config.lr:g}); "
+                        "the model was never updated, so no final model is written")
     load_arrays(model, arrays)
     results.save_model(model)
     results.plot_accuracy()
-    if progress:
-        print(results.summary_table(), flush=True)
-    return results

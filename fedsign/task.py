@@ -15,13 +15,8 @@ from torch import Tensor, nn
 
 from clients import ClientAlgorithm, make_client_algorithm
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, ImageData, dirichlet_partition, load_dataset
+from fedsign.data import DATASETS, ImageData, client_partitions, loaded_dataset, train_split
 from fedsign.models import build_model
-
-
-# The train subset (``train-samples``) and the validation split (``validation-fraction``) are part of
-# the data, not of the run: they are drawn with this fixed seed, the same for every run seed.
-DATA_SPLIT_SEED = 0
 
 
 def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None, seed: int | None = None) -> nn.Module:
@@ -44,58 +39,21 @@ def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None,
     return model
 
 
-@lru_cache(maxsize=4)
 def dataset(name: str, data_dir: str) -> ImageData:
-    """The decoded dataset (disk-cached by ``load_dataset``, memory-cached here)."""
-    return load_dataset(name, data_dir or None)
-
-
-def _train_labels(name: str, data_dir: str) -> np.ndarray:
-    labels = dataset(name, data_dir).train_y
-    return labels.numpy() if isinstance(labels, Tensor) else np.asarray(labels)
-
-
-@lru_cache(maxsize=8)
-def train_split(name: str, data_dir: str, train_samples: int, validation_fraction: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(client pool, validation) indices into the train split: a class-stratified subset of
-    ``train_samples`` (0: all), then a stratified ``validation_fraction`` of it held out."""
-    from sklearn.model_selection import train_test_split
-
-    labels = _train_labels(name, data_dir)
-    pool = np.arange(len(labels))
-    if train_samples:
-        if train_samples > len(labels):
-            raise ValueError(f"train-samples={train_samples} exceeds the {len(labels)} training images of "
-                             f"'{name}'; lower it or set 0 for all")
-        if train_samples < len(labels):
-            pool, _ = train_test_split(pool, train_size=train_samples, stratify=labels, random_state=DATA_SPLIT_SEED)
-    validation = np.zeros(0, np.int64)
-    if validation_fraction > 0:
-        pool, validation = train_test_split(pool, test_size=validation_fraction, stratify=labels[pool],
-                                            random_state=DATA_SPLIT_SEED)
-    return np.sort(pool), np.sort(validation)
+    """The decoded dataset, cached per process (``fedsign.data.loaded_dataset``)."""
+    return loaded_dataset(name, data_dir)
 
 
 def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The run's (client pool, validation) indices into the train split."""
+    """The run's (client pool, validation) indices into the train split (``fedsign.data.train_split``)."""
     return train_split(config.dataset, config.data_dir, config.train_samples, config.validation_fraction)
-
-
-@lru_cache(maxsize=8)
-def partitions(config_key: tuple) -> tuple[np.ndarray, ...]:
-    name, data_dir, train_samples, validation_fraction, num_clients, alpha, seed, style, min_size = config_key
-    pool, _ = train_split(name, data_dir, train_samples, validation_fraction)
-    labels = _train_labels(name, data_dir)[pool]
-    return tuple(pool[p] for p in dirichlet_partition(labels, num_clients, alpha, seed, style=style,
-                                                      min_size=min_size))
 
 
 def run_partitions(config: RunConfig) -> tuple[np.ndarray, ...]:
     """The run's client index arrays into the train split (deterministic in the config)."""
-    return partitions((config.dataset, config.data_dir, config.train_samples, config.validation_fraction,
-                       config.num_clients, config.dirichlet_alpha, config.seed, config.partition_style,
-                       config.min_partition_size))
+    return client_partitions(config.dataset, config.data_dir, config.train_samples, config.validation_fraction,
+                             config.num_clients, config.dirichlet_alpha, config.seed, config.partition_style,
+                             config.min_partition_size)
 
 
 @lru_cache(maxsize=4)

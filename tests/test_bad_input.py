@@ -9,12 +9,14 @@ config, and certificates and keys that do not exist or are not what they claim.
 
 import hashlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
+from safetensors.numpy import save
 
-from fedsign.checkpoint import CHECKPOINT_NAME
+from fedsign.checkpoint import CHECKPOINT_NAME, decode, encode
 from fedsign.cli import main
 from fedsign.config import RunConfig
 from fedsign.engine import run_inprocess
@@ -35,8 +37,8 @@ def world(tmp_path_factory) -> Path:
     for name, damage in {
         "run-truncated": lambda p: p.write_bytes(checkpoint[: len(checkpoint) // 2]),
         "run-garbage": lambda p: p.write_bytes(b"\x00not a checkpoint" * 64),
-        "run-foreign": lambda p: torch.save({"model": {}}, p),
-        "run-inconsistent": lambda p: torch.save({**torch.load(p, weights_only=False), "rows": []}, p),
+        "run-foreign": lambda p: p.write_bytes(save({"model": np.zeros(3, np.float32)})),
+        "run-inconsistent": lambda p: p.write_bytes(encode(replace(decode(p.read_bytes(), ""), rows=[]))),
         "run-badjson": lambda p: (p.unlink(), (p.parent / "config.json").write_text("{not json")),
     }.items():
         shutil.copytree(run, root / name)

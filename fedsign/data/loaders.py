@@ -134,6 +134,8 @@ def _image_folder_files(root: Path, classes: tuple[str, ...]) -> list[tuple[str,
         for c, name in enumerate(classes):
             files = sorted(e.name for e in os.scandir(root / split / name)
                            if e.is_file() and Path(e.name).suffix.lower() in _IMAGE_EXTS)
+            if not files:
+                raise ValueError(f"{root / split / name} holds no images; every split needs every class")
             out += [(split, c, f"{split}/{name}/{f}", root / split / name / f) for f in files]
     return out
 
@@ -169,24 +171,59 @@ def _decode_imagefolder(root: Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
     return _split_arrays(_image_folder_files(root, CIFAR10_CLASSES), spec.image_size)
 
 
+class _CappedReader(io.RawIOBase):
+    """A file object over ``f`` that refuses to yield more than ``cap`` bytes (a decompression bomb)."""
+
+    def __init__(self, f, cap: int) -> None:
+        self.f, self.cap, self.count = f, cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.f.read(len(buffer))
+        self.count += len(data)
+        if self.count > self.cap:
+            raise ValueError(f"the archive unpacks to more than {self.cap >> 20} MiB (more than "
+                             f"{_TAR_RATIO}x its size); it is not a CIFAR-10 image tarball")
+        buffer[:len(data)] = data
+        return len(data)
+
+
+_TAR_RATIO = 32  # the CIFAR-10 JPEG tarball unpacks to ~5x its size
+_TAR_MIN_CAP = 64 << 20
+_MAX_IMAGE_BYTES = 1 << 20  # a 32x32 PNG/JPEG is a few KB
+
+
 def _decode_tar(path: Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)  # in memory: far faster than tarfile's streaming gzip
-    members = []
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        for m in tar:
-            parts = [p for p in PurePosixPath(m.name).parts if p != "."]
-            if not m.isfile() or len(parts) < 3 or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_EXTS:
-                continue
-            split, cls = parts[-3:-1]
-            if split not in _SPLITS:
-                continue
-            if cls not in CIFAR10_CLASSES:
-                raise ValueError(f"unknown class folder {cls!r} in member {m.name}")
-            members.append((split, CIFAR10_CLASSES.index(cls), m.name, raw[m.offset_data:m.offset_data + m.size]))
+    """Stream the (optionally gzipped) tarball: memory stays at one member, and an archive that
+    unpacks to more than ``_TAR_RATIO`` times its size is refused."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        capped = io.BufferedReader(_CappedReader(stream, max(_TAR_MIN_CAP, _TAR_RATIO * path.stat().st_size)))
+        members = []
+        with tarfile.open(fileobj=capped, mode="r|") as tar:
+            for m in tar:
+                parts = [p for p in PurePosixPath(m.name).parts if p != "."]
+                if not m.isfile() or len(parts) < 3 or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_EXTS:
+                    continue
+                split, cls = parts[-3:-1]
+                if split not in _SPLITS:
+                    continue
+                if cls not in CIFAR10_CLASSES:
+                    raise ValueError(f"unknown class folder {cls!r} in member {m.name}")
+                if m.size > _MAX_IMAGE_BYTES:
+                    raise ValueError(f"member {m.name} is {m.size >> 20} MiB, too large for a 32x32 image")
+                members.append((split, CIFAR10_CLASSES.index(cls), m.name, tar.extractfile(m).read()))
     if not members:
         raise ValueError("no train/<class>/<image> members")
+    for split in _SPLITS:
+        missing = sorted(set(CIFAR10_CLASSES) - {CIFAR10_CLASSES[c] for s, c, *_ in members if s == split})
+        if missing:
+            raise ValueError(f"the {split} split has no images of class {', '.join(missing)}; "
+                             f"every split needs every class")
     members.sort(key=lambda t: t[:3])
     return _split_arrays(members, spec.image_size)
 
@@ -210,9 +247,23 @@ def _decode_idx(folder: Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
             "test_x": a["test_x"][:, None], "test_y": a["test_y"].astype(np.int64)}
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays, lists, dicts and scalars: a CIFAR batch
+    file that names any other callable is refused instead of run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (not a CIFAR batch)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+        d = _ArraysOnly(f, encoding="bytes").load()
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
