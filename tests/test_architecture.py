@@ -180,7 +180,7 @@ def _violations(sources, forbidden, allowed=()) -> list[str]:
 # package names the planned layout gives them).
 FL_SIDE = ("fedsign.task", "fedsign.config", "fedsign.server", "fedsign.client_app", "fedsign.server_app",
            "fedsign.engine", "fedsign.engines", "fedsign.vectorized", "fedsign.cli", "fedsign.federation",
-           "fedsign.deploy", "clients", "strategies")
+           "fedsign.deploy", "fedsign.algorithms", "clients", "strategies")
 
 
 @pytest.mark.parametrize("sources,forbidden,allowed", [
@@ -190,6 +190,7 @@ FL_SIDE = ("fedsign.task", "fedsign.config", "fedsign.server", "fedsign.client_a
     pytest.param(("fedsign.models",), PACKAGES, (), id="models import nothing else of ours"),
     pytest.param(("fedsign.data",), PACKAGES, (), id="data imports nothing else of ours"),
     pytest.param(("fedsign.faults",), PACKAGES, (), id="faults imports nothing of ours"),
+    pytest.param(("fedsign.algorithms",), PACKAGES, (), id="the registry imports nothing of ours"),
 ])
 def test_dependency_rule(sources, forbidden, allowed):
     assert not _violations(sources, forbidden, allowed), "\n".join(_violations(sources, forbidden, allowed))
@@ -241,7 +242,7 @@ def test_public_names_importable(module):
 
 def test_console_entry_point():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["fedsign"] == "fedsign.cli:main"
+    assert scripts["fedsign"] == "fedsign.cli:console"
     module, _, name = scripts["fedsign"].partition(":")
     assert callable(getattr(importlib.import_module(module), name))
 

@@ -20,7 +20,8 @@ from fedsign.checkpoint import CHECKPOINT_NAME, decode, encode
 from fedsign.cli import main
 from fedsign.config import RunConfig
 from fedsign.engine import run_inprocess
-from fedsign.federation import Federation, make_certificates, make_node_key, write_connection
+from fedsign.deploy.certificates import make_certificates, make_node_key
+from fedsign.deploy.federation import Federation, write_connection
 
 RUN = ("strategy='fedavg' dataset='digits' num-clients=2 clients-per-round=2 num-rounds=2 local-epochs=1 "
        "checkpoint-every=1 seed=1 device='cpu'")

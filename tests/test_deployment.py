@@ -27,7 +27,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from fedsign.client_app import app as client_app
 from fedsign.config import RunConfig
 from fedsign.engine import InProcessGrid
-from fedsign.federation import Federation, free_port, make_certificates, make_node_key
+from fedsign.deploy.certificates import make_certificates, make_node_key
+from fedsign.deploy.federation import Federation
+from fedsign.deploy.processes import free_port
 from fedsign.results import load_model_state, read_metrics
 from fedsign.task import build_run_model, model_arrays
 

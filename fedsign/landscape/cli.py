@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedsign.cli import CLIError
+from fedsign.cli.common import CLIError
 from fedsign.config import RunConfig
 from fedsign.data import DatasetSpec
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from fedsign.checkpoint import resume_point
-from fedsign.cli import CLIError, load_config
+from fedsign.cli.common import CLIError, load_config
 from fedsign.deploy.certificates import check_node_key, make_certificates, make_node_key
 from fedsign.deploy.federation import (CONNECTION, DEFAULT_PORT, Federation, register_node, run_app, serverapps,
                                        split_address, start_superlink, start_supernode, wait_connected,

@@ -1,9 +1,4 @@
-"""``fedsign`` command line: run (in-process), simulate (flwr run on Ray), validate.
-
-``--run-config`` takes exactly what ``flwr run . --run-config`` takes: space-separated
-``key=value`` pairs with TOML values (quote strings: ``strategy='fedsign'``) or a
-``.toml`` file. Bad input prints one line ``error: ...`` and exits with status 2.
-"""
+"""``fedsign run`` (in-process), ``fedsign simulate`` (flwr run on Ray) and ``fedsign validate``."""
 
 from __future__ import annotations
 
@@ -16,23 +11,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedsign.config import ConfigError, RunConfig, refuse_crash_faults
+import tomli_w
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-
-class CLIError(RuntimeError):
-    """A command-line problem reported as one line."""
-
-
-def load_config(run_config: list[str] | None) -> RunConfig:
-    """Parse, validate and resolve paths against the current directory."""
-    return RunConfig.from_overrides(run_config or []).resolved()
+from fedsign.algorithms import hyperparameter_table
+from fedsign.cli.common import PROJECT_DIR, CLIError, add_run_config, load_config
+from fedsign.config import refuse_crash_faults
+from fedsign.deploy.federation import flower_env
+from fedsign.deploy.processes import pids_with_cmdline, stop
+from fedsign.engine import run_inprocess
+from fedsign.results import RunResults, check_outcome
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsign.engine import run_inprocess
-
     config = load_config(args.run_config)
     if not args.verbose:  # Flower's per-round INFO lines would break the progress bar
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -41,8 +31,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fedsign.results import RunResults
-
     config = load_config(args.run_config)
     RunResults.check_out_dir(config.out_dir, config.resume)
     print(f"ok: {config.strategy} on {config.dataset}, {config.num_clients} clients, "
@@ -52,17 +40,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def stop_local_superlink(flwr_home: Path) -> list[int]:
     """Stop the detached local SuperLink that ``flwr run`` left running under ``flwr_home``."""
-    from fedsign.deploy.processes import pids_with_cmdline, stop
-
     return stop(lambda: pids_with_cmdline("flower-superlink", str(flwr_home)), timeout=10.0)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Validate, then ``flwr run`` the app on Ray with num-supernodes = num-clients."""
-    import tomli_w
-
-    from fedsign.deploy.federation import flower_env
-
     config = load_config(args.run_config)
     refuse_crash_faults(config, "Ray's actor pool")
     if not (PROJECT_DIR / "pyproject.toml").exists():
@@ -89,8 +71,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         os.unlink(overrides)
         if stopped:
             print(f"stopped local SuperLink (pid {', '.join(map(str, stopped))})", flush=True)
-    from fedsign.results import check_outcome
-
     check_outcome(config.out_dir)
     metrics = Path(config.out_dir) / "metrics.csv"
     if status == 0 and not (Path(config.out_dir) / "model.safetensors").exists():
@@ -99,14 +79,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return status
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsign", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add_run_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-config", "-c", action="append",
-                       help="key=value pairs (TOML values) or a .toml file, as for flwr run")
-
+def add_run_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``run``, ``simulate`` and ``validate`` to the CLI."""
     p = sub.add_parser("run", help="run in this process (no Ray)")
     add_run_config(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -125,54 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_config(p)
     p.set_defaults(func=cmd_validate)
 
-    from fedsign.federation import add_federation_parser
-
-    add_federation_parser(sub)
-
-    from fedsign.landscape.cli import add_landscape_parser
-
-    add_landscape_parser(sub)
-    return parser
+    p = sub.add_parser("algorithms", help="print the registered algorithms' hyperparameters (markdown)")
+    p.set_defaults(func=cmd_algorithms)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 2 bad input (nothing written), 1 the run diverged, 130 interrupted."""
-    from fedsign.data import DataSourceError
-    from fedsign.deploy import DeployError
-    from fedsign.results import OutDirError, RunFailed, RunInterrupted
-
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, DataSourceError, OutDirError, CLIError, DeployError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RunFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (RunInterrupted, KeyboardInterrupt) as err:
-        print(f"error: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
-        return 130
-
-
-def exit_now(status: int) -> None:
-    """Exit with ``status`` without waiting for client threads still inside torch (a Ctrl-C ends the
-    main thread mid-round; finalising the interpreter under them aborts in C++)."""
-    import threading
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if any(t.daemon and t.is_alive() for t in threading.enumerate()):
-        os._exit(status)
-    sys.exit(status)
-
-
-def console() -> None:
-    """The ``fedsign`` console script."""
-    exit_now(main())
-
-
-if __name__ == "__main__":  # run as the imported module: fedsign.federation raises fedsign.cli.CLIError
-    from fedsign.cli import console as _console
-
-    _console()
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    print(hyperparameter_table(), end="")
+    return 0
