@@ -9,6 +9,7 @@ the grid delivers them and collects replies, the strategy aggregates
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any
@@ -181,80 +182,109 @@ def all_finite(arrays: ArrayRecord) -> bool:
     return all(np.isfinite(a.numpy()).all() for a in arrays.values() if np.issubdtype(a.numpy().dtype, np.floating))
 
 
+@dataclass
+class RunState:
+    """What changes from round to round: the global arrays, the first round still to run and the key
+    under which SuperNodes keep this run's client state."""
+
+    arrays: ArrayRecord
+    first_round: int
+    state_key: str
+
+
+def restore(checkpoint: Checkpoint | None, arrays: ArrayRecord, strategy: FedAvg, grid: Grid,
+            results: RunResults) -> RunState:
+    """The run's starting state: round 1 from ``arrays``, or where ``checkpoint`` left off."""
+    if checkpoint is None:
+        return RunState(arrays, 1, uuid4().hex)
+    strategy.load_state_dict(checkpoint.strategy)
+    results.set_rows(checkpoint.rows)
+    if checkpoint.client_states is not None and hasattr(grid, "load_client_states"):
+        grid.load_client_states(checkpoint.client_states)
+    return RunState(checkpoint.array_record(), checkpoint.round + 1, checkpoint.state_key)
+
+
+def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState, server_round: int,
+                groups: dict[str, str]) -> dict[str, Any]:
+    """Send the global model to a sample of clients, aggregate their replies into ``state.arrays``;
+    return the round's metrics row (``diverged`` set, and the global model kept, when the aggregate
+    is not finite)."""
+    messages = list(strategy.configure_train(server_round, state.arrays, ConfigRecord({"state-key": state.state_key}),
+                                             grid))
+    replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+    result = strategy.aggregate_round(server_round, replies)
+    row: dict[str, Any] = {"round": server_round, "num_replies": len(result.usable),
+                           "num_failures": len(result.dropped) + len(messages) - len(replies)}
+    if result.arrays is None:  # fewer than min-replies usable replies: the global model stays
+        row["skipped"] = 1
+    elif not all_finite(result.arrays):
+        row["diverged"] = 1
+    else:
+        client_arrays = [c.array_records[strategy.arrayrecord_key] for c in result.usable]
+        row.update(sign_tracking(state.arrays, result.arrays, client_arrays, groups))
+        state.arrays = result.arrays
+    if result.metrics is not None:
+        row["train_loss"] = result.metrics.get("train_loss")
+    ratios = [float(c.metric_records["metrics"]["term_grad_ratio"]) for c in result.usable
+              if "term_grad_ratio" in c.metric_records.get("metrics", {})]
+    if ratios:  # the median client's ||grad term|| / ||grad CE|| on its first local step
+        row["term_grad_ratio"] = statistics.median(ratios)
+    return row
+
+
+def evaluate_models(model: torch.nn.Module, models: dict[str, ArrayRecord], splits: dict[str, tuple],
+                    transform) -> dict[str, float]:
+    """Accuracy and loss of each named model (``""``: the global one) on each named split (``""``: test)."""
+    row = {}
+    for name, arrays in models.items():
+        load_arrays(model, arrays)
+        for split, (x, y) in splits.items():
+            prefix = "".join(f"{part}_" for part in (name, split) if part)
+            row[f"{prefix}accuracy"], row[f"{prefix}loss"] = evaluate(model, x, y, transform)
+    return row
+
+
 def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.Module, strategy: FedAvg,
             arrays: ArrayRecord, checkpoint: Checkpoint | None, progress: bool) -> None:
-    """The round loop (after the out-dir was opened); writes metrics, checkpoints and the final model."""
+    """The round loop (after the out-dir was opened): restore, then per round train, evaluate every
+    ``eval-every`` rounds, write metrics and checkpoint; finally the model."""
     device = next(model.parameters()).device
     spec = DATASETS[config.dataset]
-    x_test, y_test = test_data(config, device)
+    splits = {"": test_data(config, device)}
     validation = validation_data(config, device)
+    if validation is not None:
+        splits["val"] = validation
     eval_transform = make_batch_transform(spec, train=False)
     strategy.set_node_order(discover_nodes(grid, config))
-
     groups = parameter_groups(model)
-    first_round, state_key = 1, uuid4().hex  # state_key: where SuperNodes keep this run's client state
-    if checkpoint is not None:
-        arrays, first_round, state_key = checkpoint.array_record(), checkpoint.round + 1, checkpoint.state_key
-        strategy.load_state_dict(checkpoint.strategy)
-        results.set_rows(checkpoint.rows)
-        if checkpoint.client_states is not None and hasattr(grid, "load_client_states"):
-            grid.load_client_states(checkpoint.client_states)
-    bar = tqdm(range(first_round, config.num_rounds + 1), desc=config.strategy, unit="round",
-               initial=first_round - 1, total=config.num_rounds, disable=not progress)
+    state = restore(checkpoint, arrays, strategy, grid, results)
+    bar = tqdm(range(state.first_round, config.num_rounds + 1), desc=config.strategy, unit="round",
+               initial=state.first_round - 1, total=config.num_rounds, disable=not progress)
     for server_round in bar:
         start = time.perf_counter()
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({"state-key": state_key}),
-                                                 grid))
-        replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        usable = len(replies) - len(strategy.last_dropped)
-        row: dict[str, Any] = {
-            "round": server_round,
-            "num_replies": usable,
-            "num_failures": len(strategy.last_dropped) + len(messages) - len(replies),
-        }
-        if new_arrays is not None and not all_finite(new_arrays):
-            row["seconds"] = time.perf_counter() - start
-            results.append_round(row)
+        row = train_round(grid, config, strategy, state, server_round, groups)
+        if row.get("diverged"):
+            results.append_round({**row, "seconds": time.perf_counter() - start})
             raise RunFailed(f"run diverged in round {server_round}: the aggregated global model has non-finite "
                             f"values (lr={config.lr:g}); lower lr or set grad-clip, and rerun in a new out-dir")
-        if new_arrays is not None:  # None: fewer than min-replies usable replies
-            client_arrays = [c.array_records[strategy.arrayrecord_key] for c in strategy.last_usable]
-            row.update(sign_tracking(arrays, new_arrays, client_arrays, groups))
-            arrays = new_arrays
-        else:
-            row["skipped"] = 1
-        if train_metrics is not None:
-            row["train_loss"] = train_metrics.get("train_loss")
-        ratios = [float(c.metric_records["metrics"]["term_grad_ratio"]) for c in strategy.last_usable
-                  if "term_grad_ratio" in c.metric_records.get("metrics", {})]
-        if ratios:
-            row["term_grad_ratio"] = statistics.median(ratios)
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
-            for name, evaluated in {"": arrays, **strategy.evaluation_extras()}.items():
-                load_arrays(model, evaluated)
-                prefix = f"{name}_" if name else ""
-                row[f"{prefix}accuracy"], row[f"{prefix}loss"] = evaluate(model, x_test, y_test, eval_transform)
-                if validation is not None:
-                    row[f"{prefix}val_accuracy"], row[f"{prefix}val_loss"] = evaluate(model, *validation,
-                                                                                      eval_transform)
-            load_arrays(model, arrays)
+            row.update(evaluate_models(model, {"": state.arrays, **strategy.evaluation_extras()}, splits,
+                                       eval_transform))
             bar.set_postfix(acc=f"{row['accuracy']:.4f}", loss=f"{row['loss']:.3f}")
         row["seconds"] = time.perf_counter() - start
         results.append_round(row)
         if config.checkpoint_every and (server_round % config.checkpoint_every == 0
                                         or server_round == config.num_rounds):
             save_checkpoint(results.out_dir, Checkpoint(
-                round=server_round, config=config.to_dict(), arrays={k: a.numpy() for k, a in arrays.items()},
-                strategy=strategy.state_dict(), rows=results.rows, state_key=state_key,
+                round=server_round, config=config.to_dict(), arrays={k: a.numpy() for k, a in state.arrays.items()},
+                strategy=strategy.state_dict(), rows=results.rows, state_key=state.state_key,
                 client_states=grid.client_states() if hasattr(grid, "client_states") else None,
             ))
-
     if all(r.get("skipped") for r in results.rows):
         failures = sum(int(r.get("num_failures") or 0) for r in results.rows)
         raise RunFailed(f"every round failed: no round had min-replies={config.min_replies} usable replies "
                         f"({failures} failed or non-finite replies in {len(results.rows)} rounds; lr={config.lr:g}); "
                         "the model was never updated, so no final model is written")
-    load_arrays(model, arrays)
+    load_arrays(model, state.arrays)
     results.save_model(model)
     results.plot_accuracy()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -26,6 +27,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round's outcome: the new global arrays and train metrics (None when the round is skipped:
+    fewer than ``min_replies`` usable replies), the usable replies' contents and why the others were dropped."""
+
+    arrays: ArrayRecord | None
+    metrics: MetricRecord | None
+    usable: list[RecordDict]
+    dropped: list[str]
 
 
 class FedAvg(FlowerFedAvg):
@@ -66,8 +78,6 @@ class FedAvg(FlowerFedAvg):
         self.rng = random.Random(seed)
         self.node_order: list[int] | None = None
         self.sent_arrays: ArrayRecord | None = None
-        self.last_dropped: list[str] = []
-        self.last_usable: list[RecordDict] = []
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
@@ -110,20 +120,18 @@ class FedAvg(FlowerFedAvg):
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
     # ------------------------------------------------------------- aggregation
-    def screen_replies(self, replies: Iterable[Message]) -> list[RecordDict]:
-        """Contents of the usable replies (also kept in ``last_usable``); reasons for the
-        others go to ``last_dropped``."""
-        self.last_dropped = []
+    def screen_replies(self, replies: Iterable[Message]) -> tuple[list[RecordDict], list[str]]:
+        """(contents of the usable replies, why each other reply was dropped)."""
         usable: list[RecordDict] = []
+        dropped: list[str] = []
         for msg in replies:
             reason = self._reply_problem(msg)
             if reason is None:
                 usable.append(msg.content)
             else:
-                self.last_dropped.append(reason)
+                dropped.append(reason)
                 log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason.splitlines()[0])
-        self.last_usable = usable
-        return usable
+        return usable, dropped
 
     def _reply_problem(self, msg: Message) -> str | None:
         if msg.has_error():
@@ -160,14 +168,21 @@ class FedAvg(FlowerFedAvg):
         }
         return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in mean.items()})
 
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> "RoundResult":
+        """Screen and aggregate one round's replies: what the server's round loop needs."""
+        usable, dropped = self.screen_replies(replies)
+        if not usable or len(usable) < self.min_replies:
+            return RoundResult(None, None, usable, dropped)
+        return RoundResult(self.aggregate_arrays(usable), self.train_metrics_aggr_fn(usable, self.weighted_by_key),
+                           usable, dropped)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the usable replies; None when fewer than ``min_replies`` are usable."""
-        contents = self.screen_replies(replies)
-        if not contents or len(contents) < self.min_replies:
-            return None, None
-        return self.aggregate_arrays(contents), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        """Flower's interface: the aggregated arrays and metrics (None, None when fewer than
+        ``min_replies`` replies are usable)."""
+        result = self.aggregate_round(server_round, replies)
+        return result.arrays, result.metrics
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

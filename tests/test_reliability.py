@@ -67,8 +67,9 @@ def test_every_strategy_drops_bad_replies_and_keeps_the_model_finite(strategy):
     screened = make_strategy(config)
     sent = list(screened.configure_train(1, arrays, ConfigRecord(), grid))
     replies = _replies(sent, arrays, kinds)
-    result, metrics = screened.aggregate_train(1, replies)
-    assert len(screened.last_dropped) == 5 and len(screened.last_usable) == 3
+    outcome = screened.aggregate_round(1, replies)
+    result = outcome.arrays
+    assert len(outcome.dropped) == 5 and len(outcome.usable) == 3
     assert all(np.isfinite(a.numpy()).all() for a in result.values())
     assert list(result.keys()) == list(arrays.keys())
 
