@@ -58,7 +58,7 @@ def test_train_clients_matches_train_local(name, lr, tol):
     model = build_model(name, 10, 1, 8)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params, buffers, stats = train_clients(model, dict(model.named_parameters()), dict(model.named_buffers()),
-                                           jobs, settings, transform)
+                                           jobs, settings, DATASETS["digits"])
     for c, job in enumerate(jobs):
         model.load_state_dict(start)
         expected = train_local(model, job.images, job.labels, settings, seed=job.seed, transform=transform)
