@@ -5,7 +5,11 @@ weight decay 1e-5 (the paper's local setting), augmentation on. ``sequential`` c
 :func:`fedsign.training.train_local` once per client (a plain PyTorch loop);
 ``vectorized`` trains all clients at once with :func:`fedsign.vectorized.train_clients`.
 Reference on one H200: the plain sequential loop takes 1.40 s per round, the same
-steps vmapped over the 10 clients 0.51 s.
+steps vmapped over the 10 clients 0.51 s. ``--uneven`` gives client c ``(2c+1)/clients`` x ``--samples``
+(the same total; 50..950 for 10 clients: short last batches and unequal step counts, which
+the vectorized engine pads and masks);
+``--mixed-precision`` runs the vectorized forward under bf16 autocast with channels-last
+images; ``--json`` writes the figures to a file.
 
     python benchmarks/vgg8_round.py --data-dir ../shared/data/cifar10-jpeg.tar.gz --device cuda
 """
@@ -13,6 +17,7 @@ steps vmapped over the 10 clients 0.51 s.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -42,6 +47,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="vgg8")
+    parser.add_argument("--uneven", action="store_true", help="client c gets (2c+1)/clients x --samples")
+    parser.add_argument("--mixed-precision", action="store_true", help="bf16 autocast + channels-last (vectorized)")
+    parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -50,8 +58,10 @@ def main() -> None:
     transform = make_batch_transform(spec, train=True)
     x = torch.as_tensor(data.train_x).to(device)
     y = torch.as_tensor(data.train_y).long().to(device)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.clients * args.samples]
-    jobs = [ClientJob(x[perm[c::args.clients]], y[perm[c::args.clients]], seed=c) for c in range(args.clients)]
+    sizes = [args.samples * (2 * c + 1) // args.clients if args.uneven else args.samples for c in range(args.clients)]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device)
+    starts = [sum(sizes[:c]) for c in range(args.clients)]
+    jobs = [ClientJob(x[perm[a:a + n]], y[perm[a:a + n]], seed=c) for c, (a, n) in enumerate(zip(starts, sizes))]
     settings = TrainSettings(args.epochs, 64, 0.03, 0.9, 1e-5)
     torch.manual_seed(0)
     model = build_model(args.model, 10, 3, 32).to(device)
@@ -65,7 +75,7 @@ def main() -> None:
             train_local(model, job.images, job.labels, settings, seed=job.seed, transform=transform)
 
     def vectorized() -> None:
-        train_clients(model, params, buffers, jobs, settings, transform)
+        train_clients(model, params, buffers, jobs, settings, spec, mixed_precision=args.mixed_precision)
 
     results = {}
     for name, fn in (("sequential", sequential), ("vectorized", vectorized)):
@@ -80,8 +90,12 @@ def main() -> None:
         results[name] = statistics.median(times)
         print(f"{name:<11} {results[name]:.3f} s/round  (runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"speed-up {results['sequential'] / results['vectorized']:.2f}x on {gpu}; {args.model}, "
-          f"{args.clients} clients x {args.epochs} epochs x {args.samples} samples, batch 64")
+    setup = (f"{args.model}, {args.clients} clients x {args.epochs} epochs x "
+             f"{'uneven' if args.uneven else args.samples} samples, batch 64"
+             f"{', bf16 + channels-last' if args.mixed_precision else ''}")
+    print(f"speed-up {results['sequential'] / results['vectorized']:.2f}x on {gpu}; {setup}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": gpu, "setup": setup, "s_per_round": results}, indent=2))
 
 
 if __name__ == "__main__":

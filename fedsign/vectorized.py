@@ -188,7 +188,8 @@ def train_clients(
     active = plan.mask.any(-1).view(-1, k, 1)  # [T, K, 1]: the client has a batch at step t
     plan, active = plan.to(device), active.to(device)
     normalize = make_batch_transform(spec, train=False)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision else nullcontext)
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision else nullcontext()
 
     def unflatten(rows: Tensor) -> dict[str, Tensor]:
         return {n: v.view(k, *s) for n, v, s in zip(names, rows.split(sizes, 1), shapes)}
@@ -196,8 +197,6 @@ def train_clients(
     def loss_fn(p, b, x, y, m, client_in):
         b = {n: v.clone() for n, v in b.items()}  # BN updates these in place
         weight = m / m.sum().clamp(min=1)
-        if mixed_precision:
-            x = x.contiguous(memory_format=torch.channels_last)
         source.value = m
         try:
             with autocast():
@@ -226,6 +225,8 @@ def train_clients(
             if augment:
                 x = crop_flip(x, plan.offsets[t].reshape(2, -1), plan.flips[t].reshape(-1), flip=spec.hflip)
             x = normalize(x).view(k, -1, *x.shape[1:])
+            if mixed_precision:  # every client's [B, C, H, W] channels-last (vmap cannot convert inside)
+                x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
             y = labels[idx].view(k, -1)
             mask = plan.mask[t].to(x.dtype)
             grads, (loss, ce, new_buffers) = step_fn(unflatten(flat), buffers, x, y, mask, client_inputs)

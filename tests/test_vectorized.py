@@ -254,3 +254,17 @@ def test_unbatchable_op_falls_back_to_the_same_sequential_result(tmp_path, monke
     assert "falling back to sequential clients: NotImplementedError: Batching rule not implemented" in out
     for key in sequential:
         assert torch.equal(sequential[key], fallback[key]), key
+
+
+def test_mixed_precision_trains_close_to_float32():
+    """bf16 autocast + channels-last images: float32 parameters, losses within 1 % of float32's."""
+    spec = DATASETS["cifar10"]
+    jobs = _jobs([20, 11], 3, 8)
+    settings = TrainSettings(epochs=1, batch_size=8, lr=0.01, momentum=0.9)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10, 3, 8)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    exact = train_clients(model, params, buffers, jobs, settings, spec)
+    fast = train_clients(model, params, buffers, jobs, settings, spec, mixed_precision=True)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in fast[0].values())
+    assert [s.ce_loss for s in fast[2]] == pytest.approx([s.ce_loss for s in exact[2]], rel=1e-2)
