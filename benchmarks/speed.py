@@ -8,6 +8,13 @@ For each client count it runs the same config four ways and prints one table:
 - ``vectorized``: ``fedsign run`` with ``engine='vectorized'`` (a round's clients at once);
 - ``ray``: ``fedsign simulate`` (``flwr run`` on the Ray simulation engine).
 
+``--only mnist``: the MNIST configuration of issue #12 (``cnn``, 20 clients, 10 per round, 1 local
+epoch, batch 32): per-round seconds of the sequential (``inprocess``) and ``vectorized`` engines, and
+each engine's framework overhead (everything but forward, backward and the SGD step) as a fraction of
+its round: round seconds minus the same engine's raw training of an average half of the clients
+(``train_local`` per client, or one ``train_clients`` call per 10 clients), over round seconds.
+Writes ``speed_mnist.csv`` / ``speed_mnist.md``.
+
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
 ``fedsign.landscape.evaluate_lines`` vmapped in chunks and point by point, for the ``cnn`` (no BN)
@@ -22,6 +29,7 @@ processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md
     python benchmarks/speed.py                      # 10 and 100 clients, 3 rounds each, landscape
     python benchmarks/speed.py --clients 10 --rounds 5 --skip-ray
     python benchmarks/speed.py --only landscape
+    python benchmarks/speed.py --only mnist --data-dir ../shared/data/mnist --rounds 4
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_direction
 from fedsign.results import read_metrics  # noqa: E402
 from fedsign.task import build_run_model, client_data, dataset, load_arrays, model_arrays  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
+from fedsign.vectorized import ClientJob, train_clients  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -197,13 +206,57 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def mnist_rows(args: argparse.Namespace) -> list[dict]:
+    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead."""
+    overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
+                 f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
+                 f"seed=0 {args.extra}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/raw'").resolved()
+        device = resolve_device(config.device)
+        spec = DATASETS[config.dataset]
+        transform = make_batch_transform(spec, train=True)
+        settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
+                                 config.weight_decay, config.grad_clip)
+        model = build_run_model(config).to(device)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        data = [client_data(config, pid, device) for pid in range(config.num_clients)]
+        seeds = [derive_seed(config.seed, 1, pid) for pid in range(config.num_clients)]
+
+        def raw_sequential() -> None:
+            for (x, y), seed in zip(data, seeds):
+                model.load_state_dict(start)
+                train_local(model, x, y, settings, seed=seed, transform=transform)
+
+        def raw_vectorized() -> None:
+            params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+            half = config.num_clients // 2
+            for part in (slice(0, half), slice(half, None)):
+                jobs = [ClientJob(x, y, seed) for (x, y), seed in zip(data[part], seeds[part])]
+                train_clients(model, params, buffers, jobs, settings, spec)
+
+        for engine, raw_fn in (("inprocess", raw_sequential), ("vectorized", raw_vectorized)):
+            t0 = time.perf_counter()
+            raw_fn()
+            raw = (time.perf_counter() - t0) * config.clients_per_round / config.num_clients
+            run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}")
+            run_inprocess(run_config, progress=False)
+            seconds = engine_round_seconds(Path(run_config.out_dir))
+            rows.append({"engine": engine, "round_s": seconds, "train_s": raw, "overhead_s": seconds - raw,
+                         "overhead_fraction": (seconds - raw) / seconds})
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--only", choices=("engines", "landscape"), help="run one of the two parts")
+    parser.add_argument("--only", choices=("engines", "landscape", "mnist"), help="run one part")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/mnist"), help="MNIST (--only mnist)")
     parser.add_argument("--points", type=int, default=21, help="landscape points on the line (default 21)")
     parser.add_argument("--chunk", type=int, default=8, help="landscape points per vmapped call (default 8)")
     parser.add_argument("--out", default=str(RESULTS / "speed"))
@@ -214,6 +267,15 @@ def main() -> None:
     machine = f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, " \
               f"torch {torch.__version__}"
     out = Path(args.out)
+    if args.only == "mnist":
+        rows = mnist_rows(args)
+        write_table(rows, out.with_name(out.name + "_mnist"),
+                    "| engine | s/round | raw training s/round | overhead s/round | overhead / round |",
+                    lambda r: [r["engine"], f"{r['round_s']:.2f}", f"{r['train_s']:.2f}", f"{r['overhead_s']:.2f}",
+                               f"{100 * r['overhead_fraction']:.0f} %"],
+                    f"\n\n{machine}; MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32, "
+                    f"{args.rounds} rounds (median of rounds 2.. without the evaluated last one).\n")
+        return
     if args.only != "landscape":
         rows = engine_rows(args)
         write_table(rows, out, "| clients | engine | s/round | overhead s/round | clients/s | wall s | peak RSS MB |",

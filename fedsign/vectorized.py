@@ -8,11 +8,13 @@ does; they are all drawn before the first step (:func:`plan_round`) and reach th
 one copy. Dropout masks come from the global RNG seeded per round from the clients' seeds
 (fresh every round, not the sequential engine's masks).
 
-Shapes are fixed: at every step each client gets ``batch_size`` rows, its real samples
-followed by padding, and a mask. Cross-entropy, the loss term and BatchNorm's batch
-statistics (:func:`masked_batch_norm`) use the real samples only, and a client without a
-batch at a step (it has fewer steps) does not move: parameters, momentum and BN buffers
-keep their values. So every step is one vmapped call for all clients, without a host sync.
+Shapes are fixed within a step: each training client gets ``batch_size`` rows, its real
+samples followed by padding, and a mask; cross-entropy, the loss term and BatchNorm's batch
+statistics (:func:`masked_batch_norm`) use the real samples only. Clients are ordered by
+their number of steps, so the clients with a batch at step ``t`` are a prefix: every step is
+one vmapped call on that prefix (at most one shape per client count, no host sync), and a
+client without a batch (it has fewer steps) is left out and keeps its parameters, momentum
+and BN buffers.
 
 A loss term must be a batch mean of per-sample values plus a sample-independent part (all
 of the project's terms are): it is evaluated per sample and averaged over the real ones.
@@ -95,13 +97,13 @@ def plan_round(sizes: list[int], seeds: list[int], settings: TrainSettings, augm
     return RoundPlan(index, mask, offsets, flips, [len(o) for o in orders])
 
 
-class _BatchMask:
-    """Where :func:`masked_batch_norm`'s patched modules read the current batch's sample mask."""
+class BatchMask:
+    """The current batch's sample mask, where :func:`masked_batch_norm`'s patched modules read it."""
 
     value: Tensor | None = None
 
 
-def _masked_bn_forward(bn: nn.modules.batchnorm._BatchNorm, source: _BatchMask, x: Tensor) -> Tensor:
+def _masked_bn_forward(bn: nn.modules.batchnorm._BatchNorm, source: BatchMask, x: Tensor) -> Tensor:
     """``bn``'s train-mode forward with batch statistics over the samples ``source.value`` marks
     (running statistics updated as ``nn.BatchNorm*`` does: unbiased variance, ``momentum`` or a
     cumulative average when it is None); eval mode and an unset mask run ``bn`` unchanged."""
@@ -132,15 +134,14 @@ def _masked_bn_forward(bn: nn.modules.batchnorm._BatchNorm, source: _BatchMask, 
 
 
 @contextmanager
-def masked_batch_norm(model: nn.Module) -> Iterator[_BatchMask]:
+def masked_batch_norm(model: nn.Module, source: BatchMask) -> Iterator[None]:
     """Within the block, ``model``'s BatchNorm layers in train mode compute batch statistics over the
-    samples the yielded holder's ``value`` (a ``[B]`` mask) marks; the modules are restored after."""
-    source = _BatchMask()
+    samples ``source.value`` (a ``[B]`` mask, set per forward pass) marks; the modules are restored after."""
     modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in modules:
         m.forward = lambda x, m=m: _masked_bn_forward(m, source, x)
     try:
-        yield source
+        yield
     finally:
         for m in modules:
             del m.forward
@@ -174,6 +175,9 @@ def train_clients(
     ``mixed_precision``: the forward pass under bf16 autocast with channels-last images.
     """
     k, device = len(jobs), jobs[0].images.device
+    # Clients by number of steps, most first: the clients with a batch at step t are a prefix.
+    order = sorted(range(k), key=lambda c: -settings.epochs * -(-len(jobs[c].images) // settings.batch_size))
+    jobs = [jobs[c] for c in order]
     names = list(start_params)
     shapes = [start_params[n].shape for n in names]
     sizes = [start_params[n].numel() for n in names]
@@ -184,25 +188,26 @@ def train_clients(
     images = torch.cat([j.images for j in jobs])
     labels = torch.cat([j.labels for j in jobs])
     augment = spec.augment
-    plan = plan_round([len(j.images) for j in jobs], [j.seed for j in jobs], settings, augment)
-    active = plan.mask.any(-1).view(-1, k, 1)  # [T, K, 1]: the client has a batch at step t
-    plan, active = plan.to(device), active.to(device)
+    plan = plan_round([len(j.images) for j in jobs], [j.seed for j in jobs], settings, augment).to(device)
+    training = [sum(s > t for s in plan.steps) for t in range(len(plan.index))]  # clients with a batch at t
     normalize = make_batch_transform(spec, train=False)
+    mask_source = BatchMask()
+
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision else nullcontext()
 
     def unflatten(rows: Tensor) -> dict[str, Tensor]:
-        return {n: v.view(k, *s) for n, v, s in zip(names, rows.split(sizes, 1), shapes)}
+        return {n: v.view(len(rows), *s) for n, v, s in zip(names, rows.split(sizes, 1), shapes)}
 
     def loss_fn(p, b, x, y, m, client_in):
         b = {n: v.clone() for n, v in b.items()}  # BN updates these in place
-        weight = m / m.sum().clamp(min=1)
-        source.value = m
+        weight = m / m.sum()
+        mask_source.value = m
         try:
             with autocast():
                 logits, features = functional_call(model, (p, b), (x,), {"return_features": True})
         finally:
-            source.value = None
+            mask_source.value = None
         logits, features = logits.float(), features.float()
         ce = (F.cross_entropy(logits, y, reduction="none") * weight).sum()
         total = ce
@@ -217,33 +222,40 @@ def train_clients(
     ce_totals = torch.zeros(k, device=device)
     model.train()
     fork = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork), masked_batch_norm(model) as source:
+    with torch.random.fork_rng(devices=fork), masked_batch_norm(model, mask_source):
         torch.manual_seed(derive_seed(*(j.seed for j in jobs)))  # dropout: fresh every round
-        for t in range(len(plan.index)):
-            idx = plan.index[t].reshape(-1)
+        for t, kt in enumerate(training):  # the first kt clients train; the others keep their state
+            idx = plan.index[t, :kt].reshape(-1)
             x = images[idx]
             if augment:
-                x = crop_flip(x, plan.offsets[t].reshape(2, -1), plan.flips[t].reshape(-1), flip=spec.hflip)
-            x = normalize(x).view(k, -1, *x.shape[1:])
+                x = crop_flip(x, plan.offsets[t, :, :kt].reshape(2, -1), plan.flips[t, :kt].reshape(-1),
+                              flip=spec.hflip)
+            x = normalize(x).view(kt, -1, *x.shape[1:])
             if mixed_precision:  # every client's [B, C, H, W] channels-last (vmap cannot convert inside)
                 x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-            y = labels[idx].view(k, -1)
-            mask = plan.mask[t].to(x.dtype)
-            grads, (loss, ce, new_buffers) = step_fn(unflatten(flat), buffers, x, y, mask, client_inputs)
+            y = labels[idx].view(kt, -1)
+            mask = plan.mask[t, :kt].to(x.dtype)
+            grads, (loss, ce, new_buffers) = step_fn(unflatten(flat[:kt]), {n: v[:kt] for n, v in buffers.items()},
+                                                     x, y, mask, _prefix(client_inputs, kt))
             with torch.no_grad():
-                flat_grads = torch.cat([grads[n].reshape(k, -1) for n in names], 1)
-                new_flat, new_momentum = sgd_step(flat, flat_grads, momentum, settings)
-                moves = active[t]
-                flat = torch.where(moves, new_flat, flat)
-                momentum = torch.where(moves, new_momentum, momentum)
-                buffers = {n: torch.where(moves.view(k, *[1] * (v.dim() - 1)), new_buffers[n], v)
-                           for n, v in buffers.items()}
-                ce_totals += torch.where(moves[:, 0], ce, 0.0)
-                totals += torch.where(moves[:, 0], loss, 0.0)
+                flat_grads = torch.cat([grads[n].reshape(kt, -1) for n in names], 1)
+                flat[:kt], momentum[:kt] = sgd_step(flat[:kt], flat_grads, momentum[:kt], settings)
+                for n, v in buffers.items():
+                    v[:kt] = new_buffers[n]
+                ce_totals[:kt] += ce
+                totals[:kt] += loss
+    back = torch.tensor(order).argsort().tolist()  # sorted position of each original client
     totals_list, ce_list = totals.tolist(), ce_totals.tolist()
-    stats = [TrainStats(train_loss=totals_list[c] / plan.steps[c], ce_loss=ce_list[c] / plan.steps[c],
-                        num_examples=len(jobs[c].images), steps=plan.steps[c]) for c in range(k)]
-    return unflatten(flat), buffers, stats
+    stats = [TrainStats(train_loss=totals_list[i] / plan.steps[i], ce_loss=ce_list[i] / plan.steps[i],
+                        num_examples=len(jobs[i].images), steps=plan.steps[i]) for i in back]
+    rows = torch.tensor(back, device=device)
+    return unflatten(flat[rows]), {n: v[rows] for n, v in buffers.items()}, stats
+
+
+def _prefix(tree: Any, k: int) -> Any:
+    if isinstance(tree, dict):
+        return {key: _prefix(v, k) for key, v in tree.items()}
+    return tree[:k]
 
 
 class VectorizationError(RuntimeError):

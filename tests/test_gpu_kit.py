@@ -27,4 +27,4 @@ def test_run_sh_dry_run_writes_checks_round_timings_and_summary(tmp_path):
         assert "table1.py lacks --time-budget" in log
     else:
         assert proc.returncode == 0, log
-        assert "| paper" in summary or "cifar10" in summary, summary  # at least one cell row
+        assert any(line.startswith("| cifar10-") for line in summary.splitlines()), summary  # a cell ran

@@ -12,7 +12,7 @@ from fedsign.engine import run_inprocess
 from fedsign.models import build_model
 from fedsign.results import load_model_state, read_metrics
 from fedsign.training import TrainSettings, sgd_step, train_local
-from fedsign.vectorized import ClientJob, masked_batch_norm, train_clients
+from fedsign.vectorized import ClientJob, BatchMask, masked_batch_norm, train_clients
 
 BASE = ("dataset='digits' num-clients=6 clients-per-round=3 num-rounds=2 local-epochs=1 "
         "dirichlet-alpha=0.5 seed=5 min-partition-size=5")
@@ -96,7 +96,8 @@ def test_masked_batch_norm_equals_torch_on_the_real_samples(momentum):
     x_padded = x.clone().requires_grad_()
     for _ in range(2):  # the second call checks the running-average update again
         expected = reference(x_real)
-        with masked_batch_norm(padded) as source:
+        source = BatchMask()
+        with masked_batch_norm(padded, source):
             source.value = mask.float()
             out = padded(x_padded)
     assert torch.allclose(out[mask], expected, atol=1e-5)
