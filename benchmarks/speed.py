@@ -11,8 +11,9 @@ For each client count it runs the same config four ways and prints one table:
 ``--only mnist``: the MNIST configuration of issue #12 (``cnn``, 20 clients, 10 per round, 1 local
 epoch, batch 32): per-round seconds of the sequential (``inprocess``) and ``vectorized`` engines, and
 each engine's framework overhead (everything but forward, backward and the SGD step) as a fraction of
-its round: round seconds minus the same engine's raw training of an average half of the clients
-(``train_local`` per client, or one ``train_clients`` call per 10 clients), over round seconds.
+its round: round seconds minus the time inside the round's ``train_local`` calls (sequential) or its
+``train_clients`` call (vectorized), over round seconds (medians over the rounds after the first,
+without the evaluated last one).
 Writes ``speed_mnist.csv`` / ``speed_mnist.md``.
 
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
@@ -59,7 +60,6 @@ from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_direction
 from fedsign.results import read_metrics  # noqa: E402
 from fedsign.task import build_run_model, client_data, dataset, load_arrays, model_arrays  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
-from fedsign.vectorized import ClientJob, train_clients  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -207,44 +207,47 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def mnist_rows(args: argparse.Namespace) -> list[dict]:
-    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead."""
+    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead.
+
+    Training time is measured inside the run: every ``train_local`` call (sequential: one per
+    client) or ``train_clients`` call (vectorized: one per round) is timed, and a round's share
+    is its clients' calls; the overhead is the rest of the round."""
+    import fedsign.client_app
+    import fedsign.vectorized
+
     overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
                  f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
                  f"seed=0 {args.extra}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/raw'").resolved()
-        device = resolve_device(config.device)
-        spec = DATASETS[config.dataset]
-        transform = make_batch_transform(spec, train=True)
-        settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
-                                 config.weight_decay, config.grad_clip)
-        model = build_run_model(config).to(device)
-        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        data = [client_data(config, pid, device) for pid in range(config.num_clients)]
-        seeds = [derive_seed(config.seed, 1, pid) for pid in range(config.num_clients)]
+        config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/x'").resolved()
+        for engine, module, name, calls_per_round in (
+                ("inprocess", fedsign.client_app, "train_local", config.clients_per_round),
+                ("vectorized", fedsign.vectorized, "train_clients", 1)):
+            durations: list[float] = []
+            original = getattr(module, name)
 
-        def raw_sequential() -> None:
-            for (x, y), seed in zip(data, seeds):
-                model.load_state_dict(start)
-                train_local(model, x, y, settings, seed=seed, transform=transform)
+            def timed(*a, _original=original, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return _original(*a, **kw)
+                finally:
+                    durations.append(time.perf_counter() - t0)
 
-        def raw_vectorized() -> None:
-            params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-            half = config.num_clients // 2
-            for part in (slice(0, half), slice(half, None)):
-                jobs = [ClientJob(x, y, seed) for (x, y), seed in zip(data[part], seeds[part])]
-                train_clients(model, params, buffers, jobs, settings, spec)
-
-        for engine, raw_fn in (("inprocess", raw_sequential), ("vectorized", raw_vectorized)):
-            t0 = time.perf_counter()
-            raw_fn()
-            raw = (time.perf_counter() - t0) * config.clients_per_round / config.num_clients
-            run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}")
-            run_inprocess(run_config, progress=False)
-            seconds = engine_round_seconds(Path(run_config.out_dir))
-            rows.append({"engine": engine, "round_s": seconds, "train_s": raw, "overhead_s": seconds - raw,
-                         "overhead_fraction": (seconds - raw) / seconds})
+            setattr(module, name, timed)
+            try:
+                run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}")
+                run_inprocess(run_config, progress=False)
+            finally:
+                setattr(module, name, original)
+            history = read_metrics(Path(run_config.out_dir))
+            train = [sum(durations[i:i + calls_per_round]) for i in range(0, len(durations), calls_per_round)]
+            measured = range(1, len(history) - 1) if len(history) > 2 else range(len(history))  # not 1st, not eval
+            round_s = statistics.median(history[i]["seconds"] for i in measured)
+            train_s = statistics.median(train[i] for i in measured)
+            overhead = statistics.median(history[i]["seconds"] - train[i] for i in measured)
+            rows.append({"engine": engine, "round_s": round_s, "train_s": train_s, "overhead_s": overhead,
+                         "overhead_fraction": overhead / round_s})
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     return rows
 
@@ -252,7 +255,7 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 4 for --only mnist)")
     parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--only", choices=("engines", "landscape", "mnist"), help="run one part")
