@@ -8,6 +8,14 @@ For each client count it runs the same config four ways and prints one table:
 - ``vectorized``: ``fedsign run`` with ``engine='vectorized'`` (a round's clients at once);
 - ``ray``: ``fedsign simulate`` (``flwr run`` on the Ray simulation engine).
 
+``--only mnist``: the MNIST configuration of issue #12 (``cnn``, 20 clients, 10 per round, 1 local
+epoch, batch 32): per-round seconds of the sequential (``inprocess``) and ``vectorized`` engines, and
+each engine's framework overhead (everything but forward, backward and the SGD step) as a fraction of
+its round: round seconds minus the time inside the round's ``train_local`` calls (sequential) or its
+``train_clients`` call (vectorized), over round seconds (medians over the rounds after the first,
+without the evaluated last one).
+Writes ``speed_mnist.csv`` / ``speed_mnist.md``.
+
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
 ``fedsign.landscape.evaluate_lines`` vmapped in chunks and point by point, for the ``cnn`` (no BN)
@@ -22,6 +30,7 @@ processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md
     python benchmarks/speed.py                      # 10 and 100 clients, 3 rounds each, landscape
     python benchmarks/speed.py --clients 10 --rounds 5 --skip-ray
     python benchmarks/speed.py --only landscape
+    python benchmarks/speed.py --only mnist --data-dir ../shared/data/mnist --rounds 4
 """
 
 from __future__ import annotations
@@ -197,13 +206,60 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def mnist_rows(args: argparse.Namespace) -> list[dict]:
+    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead.
+
+    Training time is measured inside the run: every ``train_local`` call (sequential: one per
+    client) or ``train_clients`` call (vectorized: one per round) is timed, and a round's share
+    is its clients' calls; the overhead is the rest of the round."""
+    import fedsign.client_app
+    import fedsign.vectorized
+
+    overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
+                 f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
+                 f"seed=0 {args.extra}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/x'").resolved()
+        for engine, module, name, calls_per_round in (
+                ("inprocess", fedsign.client_app, "train_local", config.clients_per_round),
+                ("vectorized", fedsign.vectorized, "train_clients", 1)):
+            durations: list[float] = []
+            original = getattr(module, name)
+
+            def timed(*a, _original=original, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return _original(*a, **kw)
+                finally:
+                    durations.append(time.perf_counter() - t0)
+
+            setattr(module, name, timed)
+            try:
+                run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}")
+                run_inprocess(run_config, progress=False)
+            finally:
+                setattr(module, name, original)
+            history = read_metrics(Path(run_config.out_dir))
+            train = [sum(durations[i:i + calls_per_round]) for i in range(0, len(durations), calls_per_round)]
+            measured = range(1, len(history) - 1) if len(history) > 2 else range(len(history))  # not 1st, not eval
+            round_s = statistics.median(history[i]["seconds"] for i in measured)
+            train_s = statistics.median(train[i] for i in measured)
+            overhead = statistics.median(history[i]["seconds"] - train[i] for i in measured)
+            rows.append({"engine": engine, "round_s": round_s, "train_s": train_s, "overhead_s": overhead,
+                         "overhead_fraction": overhead / round_s})
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 4 for --only mnist)")
     parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--only", choices=("engines", "landscape"), help="run one of the two parts")
+    parser.add_argument("--only", choices=("engines", "landscape", "mnist"), help="run one part")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/mnist"), help="MNIST (--only mnist)")
     parser.add_argument("--points", type=int, default=21, help="landscape points on the line (default 21)")
     parser.add_argument("--chunk", type=int, default=8, help="landscape points per vmapped call (default 8)")
     parser.add_argument("--out", default=str(RESULTS / "speed"))
@@ -214,6 +270,15 @@ def main() -> None:
     machine = f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, " \
               f"torch {torch.__version__}"
     out = Path(args.out)
+    if args.only == "mnist":
+        rows = mnist_rows(args)
+        write_table(rows, out.with_name(out.name + "_mnist"),
+                    "| engine | s/round | raw training s/round | overhead s/round | overhead / round |",
+                    lambda r: [r["engine"], f"{r['round_s']:.2f}", f"{r['train_s']:.2f}", f"{r['overhead_s']:.2f}",
+                               f"{100 * r['overhead_fraction']:.0f} %"],
+                    f"\n\n{machine}; MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32, "
+                    f"{args.rounds} rounds (median of rounds 2.. without the evaluated last one).\n")
+        return
     if args.only != "landscape":
         rows = engine_rows(args)
         write_table(rows, out, "| clients | engine | s/round | overhead s/round | clients/s | wall s | peak RSS MB |",

@@ -207,10 +207,14 @@ class RunResults:
         atomic_write(self.out_dir / "config.json", strict_json(config, indent=2, sort_keys=True) + "\n")
 
     def write_environment(self, device: torch.device) -> None:
-        """Versions, device and torch's thread count of this process: CPU results are bitwise
+        """Versions (CUDA and cuDNN: those torch was built with, None on a CPU build), device (and
+        the GPU's name), and torch's thread count of this process: CPU results are bitwise
         reproducible for one config and seed only at the same thread count (float reduction order)."""
         environment = {"python": platform.python_version(), "torch": torch.__version__, "flwr": version("flwr"),
-                       "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+                       "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                       "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+        if device.type == "cuda":
+            environment["gpu"] = torch.cuda.get_device_name(device)
         atomic_write(self.out_dir / "environment.json", json.dumps(environment, indent=2) + "\n")
 
     def append_round(self, row: dict[str, Any]) -> None:

@@ -66,6 +66,26 @@ def batch_order(num_examples: int, batch_size: int, epochs: int, generator: torc
     return batches
 
 
+def sgd_step(params: Tensor, grads: Tensor, momentum_buffer: Tensor,
+             settings: TrainSettings) -> tuple[Tensor, Tensor]:
+    """One ``torch.optim.SGD`` step (no dampening, no Nesterov) after
+    ``clip_grad_norm_(settings.grad_clip)``, on flat parameter vectors.
+
+    ``params``, ``grads`` and ``momentum_buffer`` are ``[..., P]``: each row is one model
+    (clipped by its own norm); the buffer starts at zeros, so the first step sets it to the
+    gradient as SGD does. Returns the new parameters and buffer; pure, no host sync.
+    """
+    if settings.grad_clip > 0:
+        norm = torch.linalg.vector_norm(grads, dim=-1, keepdim=True)
+        grads = grads * torch.clamp(settings.grad_clip / (norm + 1e-6), max=1.0)
+    if settings.weight_decay:
+        grads = torch.add(grads, params, alpha=settings.weight_decay)
+    if settings.momentum:
+        momentum_buffer = torch.add(momentum_buffer * settings.momentum, grads)
+        grads = momentum_buffer
+    return torch.add(params, grads, alpha=-settings.lr), momentum_buffer
+
+
 def train_local(
     model: nn.Module,
     images: Tensor,

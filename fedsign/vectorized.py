@@ -1,28 +1,39 @@
 """Local training of many clients at once: ``torch.func`` (``functional_call`` + ``grad`` + ``vmap``).
 
 Same semantics as :func:`fedsign.training.train_local` run once per client: each client
-keeps its own parameters, SGD momentum buffers, BN buffers, batch order, augmentation
-and loss-term state, stacked along a leading client dimension. A client's random
-numbers come from its own generator seeded exactly as ``train_local`` seeds it, and are
-drawn in the same order, so batch order and augmentation match the sequential loop;
-only dropout masks (drawn per client by ``vmap(randomness="different")``) differ.
+keeps its own parameters, SGD momentum buffer, BN buffers, batch order, augmentation and
+loss-term state, stacked along a leading client dimension. A client's batch indices and
+crop/flip draws come from its own generator seeded and drawn exactly as ``train_local``
+does; they are all drawn before the first step (:func:`plan_round`) and reach the device in
+one copy. Dropout masks come from the global RNG seeded per round from the clients' seeds
+(fresh every round, not the sequential engine's masks).
 
-At step ``t`` the clients that still have a batch are grouped by batch size (a short
-last batch of an epoch, or a client with fewer batches, forms its own group), so every
-client computes its loss and BN statistics over exactly its real samples — no padding.
+Shapes are fixed within a step: each training client gets ``batch_size`` rows, its real
+samples followed by padding, and a mask; cross-entropy, the loss term and BatchNorm's batch
+statistics (:func:`masked_batch_norm`) use the real samples only. Clients are ordered by
+their number of steps, so the clients with a batch at step ``t`` are a prefix: every step is
+one vmapped call on that prefix (at most one shape per client count, no host sync), and a
+client without a batch (it has fewer steps) is left out and keeps its parameters, momentum
+and BN buffers.
+
+A loss term must be a batch mean of per-sample values plus a sample-independent part (all
+of the project's terms are): it is evaluated per sample and averaged over the real ones.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fedsign.training import BatchTransform, TrainSettings, TrainStats, batch_order
+from fedsign.data.specs import DatasetSpec
+from fedsign.data.transforms import CROP_PADDING, crop_flip, crop_flip_draws, make_batch_transform
+from fedsign.training import TrainSettings, TrainStats, batch_order, derive_seed, sgd_step
 
 # term(params, features, x, y, client_inputs, shared_inputs) -> scalar
 VectorTerm = Callable[[dict[str, Tensor], Tensor, Tensor, Tensor, Any, Any], Tensor]
@@ -38,27 +49,109 @@ class ClientJob:
     term_inputs: dict[str, Any] = field(default_factory=dict)  # per-client tensors for the term
 
 
+@dataclass
+class RoundPlan:
+    """Every client's batches and augmentation draws of one round, padded to ``[steps, clients, batch]``."""
+
+    index: Tensor  # int64 [T, K, B]: rows of the clients' concatenated images (padding: the client's row 0)
+    mask: Tensor  # bool [T, K, B]: real samples
+    offsets: Tensor  # int64 [T, 2, K, B]: crop offsets (padding: centred)
+    flips: Tensor  # bool [T, K, B]
+    steps: list[int]  # each client's number of steps
+
+    def to(self, device: torch.device) -> "RoundPlan":
+        """The plan on ``device``: one pinned, non-blocking copy per tensor on CUDA."""
+        if device.type != "cuda":
+            return self
+        move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        return RoundPlan(move(self.index), move(self.mask), move(self.offsets), move(self.flips), self.steps)
+
+
+def plan_round(sizes: list[int], seeds: list[int], settings: TrainSettings, augment: bool) -> RoundPlan:
+    """Draw every step's batch indices (and, with ``augment``, crop/flip parameters) of clients with
+    ``sizes`` samples and ``seeds``, in ``train_local``'s order: a generator seeded with the client's
+    seed gives all epochs' permutations, then each step's crop offsets and flips."""
+    if min(sizes) == 0:
+        raise ValueError("plan_round got a client with an empty dataset")
+    orders, draws = [], []
+    for size, seed in zip(sizes, seeds):
+        generator = torch.Generator().manual_seed(seed)
+        order = batch_order(size, settings.batch_size, settings.epochs, generator)
+        orders.append(order)
+        draws.append([crop_flip_draws(len(idx), generator) for idx in order] if augment else [])
+    k, b, t_max = len(sizes), settings.batch_size, max(len(o) for o in orders)
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    index = torch.tensor(starts).view(1, k, 1).repeat(t_max, 1, b)
+    mask = torch.zeros(t_max, k, b, dtype=torch.bool)
+    offsets = torch.full((t_max, 2, k, b), CROP_PADDING, dtype=torch.long)
+    flips = torch.zeros(t_max, k, b, dtype=torch.bool)
+    for c, order in enumerate(orders):
+        for t, idx in enumerate(order):
+            n = len(idx)
+            index[t, c, :n] += idx
+            mask[t, c, :n] = True
+            if augment:
+                offsets[t, :, c, :n], flips[t, c, :n] = draws[c][t]
+    return RoundPlan(index, mask, offsets, flips, [len(o) for o in orders])
+
+
+class BatchMask:
+    """The current batch's sample mask, where :func:`masked_batch_norm`'s patched modules read it."""
+
+    value: Tensor | None = None
+
+
+def _masked_bn_forward(bn: nn.modules.batchnorm._BatchNorm, source: BatchMask, x: Tensor) -> Tensor:
+    """``bn``'s train-mode forward with batch statistics over the samples ``source.value`` marks
+    (running statistics updated as ``nn.BatchNorm*`` does: unbiased variance, ``momentum`` or a
+    cumulative average when it is None); eval mode and an unset mask run ``bn`` unchanged."""
+    mask = source.value
+    if not bn.training or mask is None:
+        return type(bn).forward(bn, x)
+    bn._check_input_dim(x)
+    shape = (1, -1, *[1] * (x.dim() - 2))
+    xf = x.float()
+    w = mask.to(xf.dtype).view(-1, *[1] * (x.dim() - 1))
+    dims = [0, *range(2, x.dim())]
+    count = w.sum() * (x[0, 0].numel())
+    n = count.clamp(min=1)
+    mean = (xf * w).sum(dims) / n
+    centred = xf - mean.view(shape)
+    var = (centred.square() * w).sum(dims) / n
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+            unbiased = var * n / (n - 1).clamp(min=1)
+            bn.running_mean.mul_(1 - factor).add_(mean * factor)
+            bn.running_var.mul_(1 - factor).add_(unbiased * factor)
+    out = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        out = out * bn.weight.view(shape) + bn.bias.view(shape)
+    return out
+
+
+@contextmanager
+def masked_batch_norm(model: nn.Module, source: BatchMask) -> Iterator[None]:
+    """Within the block, ``model``'s BatchNorm layers in train mode compute batch statistics over the
+    samples ``source.value`` (a ``[B]`` mask, set per forward pass) marks; the modules are restored after."""
+    modules = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in modules:
+        m.forward = lambda x, m=m: _masked_bn_forward(m, source, x)
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
 def _stack_nested(items: list[Any]) -> Any:
     first = items[0]
     if isinstance(first, dict):
         return {k: _stack_nested([i[k] for i in items]) for k in first}
     return torch.stack(items)
-
-
-def _select(tree: Any, idx: Tensor | None) -> Any:
-    if idx is None:
-        return tree
-    if isinstance(tree, dict):
-        return {k: _select(v, idx) for k, v in tree.items()}
-    return tree[idx]
-
-
-def _scatter(target: dict[str, Tensor], idx: Tensor | None, values: dict[str, Tensor]) -> None:
-    for k, v in values.items():
-        if idx is None:
-            target[k] = v
-        else:
-            target[k] = target[k].index_copy(0, idx, v)
 
 
 def train_clients(
@@ -67,82 +160,102 @@ def train_clients(
     start_buffers: dict[str, Tensor],
     jobs: list[ClientJob],
     settings: TrainSettings,
-    transform: BatchTransform,
+    spec: DatasetSpec,
     term: VectorTerm | None = None,
     shared_inputs: Any = None,
+    *,
+    mixed_precision: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], list[TrainStats]]:
-    """Train ``len(jobs)`` copies of ``model`` from the same start, one per job.
+    """Train ``len(jobs)`` copies of ``model`` from the same start, one per job, on ``spec``'s
+    training transform (augmentation when ``spec.augment``).
 
     Returns stacked final parameters and buffers (leading dim = client) and per-client
     stats. ``term`` gets the client's own ``job.term_inputs`` (batched) and
     ``shared_inputs`` (common to all clients, e.g. the received global model).
+    ``mixed_precision``: the forward pass under bf16 autocast with channels-last images.
     """
-    k = len(jobs)
-    params = {n: p.detach().unsqueeze(0).repeat(k, *[1] * p.dim()).contiguous() for n, p in start_params.items()}
+    k, device = len(jobs), jobs[0].images.device
+    # Clients by number of steps, most first: the clients with a batch at step t are a prefix.
+    order = sorted(range(k), key=lambda c: -settings.epochs * -(-len(jobs[c].images) // settings.batch_size))
+    jobs = [jobs[c] for c in order]
+    names = list(start_params)
+    shapes = [start_params[n].shape for n in names]
+    sizes = [start_params[n].numel() for n in names]
+    flat = torch.cat([start_params[n].detach().reshape(1, -1) for n in names], 1).repeat(k, 1)
+    momentum = torch.zeros_like(flat)
     buffers = {n: b.detach().unsqueeze(0).repeat(k, *[1] * b.dim()).contiguous() for n, b in start_buffers.items()}
-    momentum = {n: torch.zeros_like(p) for n, p in params.items()}
     client_inputs = _stack_nested([j.term_inputs for j in jobs]) if jobs[0].term_inputs else {}
+    images = torch.cat([j.images for j in jobs])
+    labels = torch.cat([j.labels for j in jobs])
+    augment = spec.augment
+    plan = plan_round([len(j.images) for j in jobs], [j.seed for j in jobs], settings, augment).to(device)
+    training = [sum(s > t for s in plan.steps) for t in range(len(plan.index))]  # clients with a batch at t
+    normalize = make_batch_transform(spec, train=False)
+    mask_source = BatchMask()
 
-    generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
-    steps = [batch_order(len(j.images), settings.batch_size, settings.epochs, g) for j, g in zip(jobs, generators)]
-    num_steps = max(len(s) for s in steps)
-    device = jobs[0].images.device
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision else nullcontext()
 
-    def loss_fn(p, b, x, y, client_in):
+    def unflatten(rows: Tensor) -> dict[str, Tensor]:
+        return {n: v.view(len(rows), *s) for n, v, s in zip(names, rows.split(sizes, 1), shapes)}
+
+    def loss_fn(p, b, x, y, m, client_in):
         b = {n: v.clone() for n, v in b.items()}  # BN updates these in place
-        logits, features = functional_call(model, (p, b), (x,), {"return_features": True})
-        ce = F.cross_entropy(logits, y)
-        total = ce + term(p, features, x, y, client_in, shared_inputs) if term is not None else ce
+        weight = m / m.sum()
+        mask_source.value = m
+        try:
+            with autocast():
+                logits, features = functional_call(model, (p, b), (x,), {"return_features": True})
+        finally:
+            mask_source.value = None
+        logits, features = logits.float(), features.float()
+        ce = (F.cross_entropy(logits, y, reduction="none") * weight).sum()
+        total = ce
+        if term is not None:
+            def per_sample(f, xi, yi):
+                return term(p, f[None], xi[None], yi[None], client_in, shared_inputs)
+            total = ce + (vmap(per_sample)(features, x, y) * weight).sum()
         return total, (total, ce, b)
 
     step_fn = vmap(grad(loss_fn, has_aux=True), randomness="different")
     totals = torch.zeros(k, device=device)
     ce_totals = torch.zeros(k, device=device)
     model.train()
-    for t in range(num_steps):
-        groups: dict[int, list[int]] = {}
-        for c in range(k):
-            if t < len(steps[c]):
-                groups.setdefault(len(steps[c][t]), []).append(c)
-        for members in groups.values():
-            idx = None if len(members) == k else torch.tensor(members, device=device)
-            xs, ys = [], []
-            for c in members:
-                batch = steps[c][t].to(device)
-                xs.append(transform(jobs[c].images[batch], generators[c]))
-                ys.append(jobs[c].labels[batch])
-            p, b, m = _select(params, idx), _select(buffers, idx), _select(momentum, idx)
-            grads, (loss, ce, new_b) = step_fn(p, b, torch.stack(xs), torch.stack(ys), _select(client_inputs, idx))
+    fork = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork), masked_batch_norm(model, mask_source):
+        torch.manual_seed(derive_seed(*(j.seed for j in jobs)))  # dropout: fresh every round
+        for t, kt in enumerate(training):  # the first kt clients train; the others keep their state
+            idx = plan.index[t, :kt].reshape(-1)
+            x = images[idx]
+            if augment:
+                x = crop_flip(x, plan.offsets[t, :, :kt].reshape(2, -1), plan.flips[t, :kt].reshape(-1),
+                              flip=spec.hflip)
+            x = normalize(x).view(kt, -1, *x.shape[1:])
+            if mixed_precision:  # every client's [B, C, H, W] channels-last (vmap cannot convert inside)
+                x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            y = labels[idx].view(kt, -1)
+            mask = plan.mask[t, :kt].to(x.dtype)
+            grads, (loss, ce, new_buffers) = step_fn(unflatten(flat[:kt]), {n: v[:kt] for n, v in buffers.items()},
+                                                     x, y, mask, _prefix(client_inputs, kt))
             with torch.no_grad():
-                new_p, new_m = _sgd_step(p, grads, m, settings, first=(t == 0))
-            _scatter(params, idx, new_p)
-            _scatter(momentum, idx, new_m)
-            _scatter(buffers, idx, new_b)
-            rows = torch.arange(k, device=device) if idx is None else idx
-            ce_totals.index_add_(0, rows, ce.detach())
-            totals.index_add_(0, rows, loss.detach())
-    stats = [TrainStats(train_loss=float(totals[c]) / len(steps[c]), ce_loss=float(ce_totals[c]) / len(steps[c]),
-                        num_examples=len(jobs[c].images), steps=len(steps[c])) for c in range(k)]
-    return params, buffers, stats
+                flat_grads = torch.cat([grads[n].reshape(kt, -1) for n in names], 1)
+                flat[:kt], momentum[:kt] = sgd_step(flat[:kt], flat_grads, momentum[:kt], settings)
+                for n, v in buffers.items():
+                    v[:kt] = new_buffers[n]
+                ce_totals[:kt] += ce
+                totals[:kt] += loss
+    back = torch.tensor(order).argsort().tolist()  # sorted position of each original client
+    totals_list, ce_list = totals.tolist(), ce_totals.tolist()
+    stats = [TrainStats(train_loss=totals_list[i] / plan.steps[i], ce_loss=ce_list[i] / plan.steps[i],
+                        num_examples=len(jobs[i].images), steps=plan.steps[i]) for i in back]
+    rows = torch.tensor(back, device=device)
+    return unflatten(flat[rows]), {n: v[rows] for n, v in buffers.items()}, stats
 
 
-def _sgd_step(p: dict[str, Tensor], g: dict[str, Tensor], m: dict[str, Tensor], s: TrainSettings, first: bool):
-    """torch.optim.SGD (no dampening, no Nesterov) with per-client gradient-norm clipping."""
-    if s.grad_clip > 0:
-        norms = torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values()))
-        coef = torch.clamp(s.grad_clip / (norms + 1e-6), max=1.0)
-        g = {n: v * coef.view(-1, *[1] * (v.dim() - 1)) for n, v in g.items()}
-    new_p, new_m = {}, {}
-    for n, v in g.items():
-        if s.weight_decay:
-            v = v + s.weight_decay * p[n]
-        if s.momentum:
-            v = v.clone() if first else m[n] * s.momentum + v
-            new_m[n] = v
-        else:
-            new_m[n] = m[n]
-        new_p[n] = p[n] - s.lr * v
-    return new_p, new_m
+def _prefix(tree: Any, k: int) -> Any:
+    if isinstance(tree, dict):
+        return {key: _prefix(v, k) for key, v in tree.items()}
+    return tree[:k]
 
 
 class VectorizationError(RuntimeError):
@@ -162,10 +275,13 @@ def vectorization_problem(config) -> str | None:
 class VectorizedGrid:
     """Mixin for :class:`fedsign.engine.InProcessGrid`: a round's train messages run as one
     batched computation (chunks of ``chunk_size`` clients; 0 = all, halved on CUDA
-    out-of-memory). Every other message type, and a round whose batched step fails, runs
-    sequentially through the ClientApp; a fallback prints one line saying why."""
+    out-of-memory; ``mixed_precision``: see :func:`train_clients`). Every other message type
+    runs sequentially through the ClientApp. When the batched training raises, this round and
+    the following ones run sequentially, with one line saying why: no client has replied or
+    changed its state by then, so the round's result is the sequential engine's."""
 
     chunk_size: int = 0
+    mixed_precision: bool = False
     fallback_reason: str | None = None
 
     def send_and_receive(self, messages, *, timeout=None):
@@ -182,7 +298,7 @@ class VectorizedGrid:
     def _train_round(self, messages):
         from uuid import uuid4
 
-        from fedsign.client_app import begin_training
+        from fedsign.client_app import begin_training, finish_training
         from fedsign.engine import error_reply
 
         jobs, replies = [], []
@@ -195,20 +311,27 @@ class VectorizedGrid:
         if not jobs:
             return replies
         try:
-            return replies + self._train_jobs(jobs)
-        except VectorizationError as err:
-            self.fallback_reason = str(err)
-            print(f"vectorized engine: falling back to sequential clients: {err}", flush=True)
+            stats = self._train_jobs(jobs)
+        except Exception as err:  # noqa: BLE001 - any failure of the batched computation
+            self.fallback_reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            print(f"vectorized engine: falling back to sequential clients: {self.fallback_reason}", flush=True)
             return replies + list(super().send_and_receive([j.msg for j in jobs], timeout=None))
+        for job, job_stats in zip(jobs, stats):
+            try:
+                replies.append(finish_training(job, job_stats))
+            except Exception as err:  # as the sequential ClientApp raising after training
+                replies.append(error_reply(job.msg, err))
+        return replies
 
-    def _train_jobs(self, jobs):
-        from fedsign.client_app import finish_training, train_settings
-        from fedsign.data import DATASETS, make_batch_transform
+    def _train_jobs(self, jobs) -> list:
+        """Train every job's model in place (chunk by chunk); the per-job stats. Raises on any failure
+        before a job's model changes."""
+        from fedsign.client_app import train_settings
+        from fedsign.data import DATASETS
 
         first = jobs[0]
         config, algorithm, model = first.config, first.algorithm, first.model
         settings = train_settings(config)
-        transform = make_batch_transform(DATASETS[config.dataset], train=True)
         global_params = {k: v.detach() for k, v in first.round.global_params.items()}
         buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
         inputs = [j.term_inputs for j in jobs]
@@ -218,7 +341,7 @@ class VectorizedGrid:
                 return algorithm.loss_term(model=model, params=p, features=f, x=x, y=y, inputs=client_in,
                                            global_params=shared, config=config)
 
-        replies = []
+        results = []
         chunk = self.chunk_size or len(jobs)
         start = 0
         while start < len(jobs):
@@ -226,24 +349,24 @@ class VectorizedGrid:
             client_jobs = [ClientJob(j.images, j.labels, j.seed, inputs[i] or {})
                            for i, j in enumerate(jobs[part], start)]
             try:
-                params, new_buffers, stats = train_clients(model, global_params, buffers, client_jobs, settings,
-                                                           transform, term, global_params)
+                results.append(train_clients(model, global_params, buffers, client_jobs, settings,
+                                             DATASETS[config.dataset], term, global_params,
+                                             mixed_precision=self.mixed_precision))
             except torch.cuda.OutOfMemoryError:
                 if chunk == 1:
                     raise VectorizationError("one client's batched step does not fit in GPU memory") from None
                 chunk = max(1, chunk // 2)
                 torch.cuda.empty_cache()
                 continue
-            except RuntimeError as err:  # includes torch.func's missing batching rules (NotImplementedError)
-                raise VectorizationError(f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
-            for c, job in enumerate(jobs[part]):
-                with torch.no_grad():
-                    for name, p in job.model.named_parameters():
-                        p.copy_(params[name][c])
-                    for name, b in job.model.named_buffers():
-                        b.copy_(new_buffers[name][c])
-                replies.append(finish_training(job, stats[c]))
             start += chunk
-        return replies
-
-
+        stats, c = [], 0
+        for params, new_buffers, chunk_stats in results:
+            for i, job_stats in enumerate(chunk_stats):
+                with torch.no_grad():
+                    for name, p in jobs[c].model.named_parameters():
+                        p.copy_(params[name][i])
+                    for name, b in jobs[c].model.named_buffers():
+                        b.copy_(new_buffers[name][i])
+                stats.append(job_stats)
+                c += 1
+        return stats

@@ -13,22 +13,38 @@ CROP_PADDING = 4
 BatchTransform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding: int = CROP_PADDING,
-                     flip: bool = True) -> torch.Tensor:
-    """Per-sample random crop (zero padding ``padding``, output size unchanged) and, if ``flip``, random
-    horizontal flip, done with one gather over the whole batch. Random numbers come from ``generator``
-    (any device; the global RNG when None) and are moved to ``x.device``."""
-    b, c, h, w = x.shape
+def crop_flip_draws(batch: int, generator: torch.Generator | None,
+                    padding: int = CROP_PADDING) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of :func:`random_crop_flip` for ``batch`` images, in its draw order:
+    crop offsets ``[2, batch]`` in ``[0, 2 * padding]`` (rows, cols) and flip flags ``[batch]``,
+    on the generator's device (the CPU for the global RNG)."""
     gdev = generator.device if generator is not None else torch.device("cpu")
-    draw = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gdev).to(x.device)
-    flips = torch.rand(b, generator=generator, device=gdev).to(x.device) < 0.5
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=gdev)
+    flips = torch.rand(batch, generator=generator, device=gdev) < 0.5
+    return offsets, flips
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING,
+              flip: bool = True) -> torch.Tensor:
+    """Crop every image of ``x`` at ``offsets`` after zero padding ``padding`` (size unchanged) and,
+    if ``flip``, mirror those with ``flips`` set: one gather over the whole batch, no host sync."""
+    b, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    rows = draw[0, :, None] + torch.arange(h, device=x.device)                       # [B,H]
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)                       # [B,H]
     ar = torch.arange(w, device=x.device)
-    cols = draw[1, :, None] + (torch.where(flips[:, None], w - 1 - ar, ar) if flip else ar)  # [B,W]
+    cols = offsets[1, :, None] + (torch.where(flips[:, None], w - 1 - ar, ar) if flip else ar)  # [B,W]
     bidx = torch.arange(b, device=x.device)[:, None, None, None]
     cidx = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[bidx, cidx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding: int = CROP_PADDING,
+                     flip: bool = True) -> torch.Tensor:
+    """Per-sample random crop (zero padding ``padding``, output size unchanged) and, if ``flip``, random
+    horizontal flip. Random numbers come from ``generator`` (any device; the global RNG when None)
+    and are moved to ``x.device``."""
+    offsets, flips = crop_flip_draws(len(x), generator, padding)
+    return crop_flip(x, offsets.to(x.device), flips.to(x.device), padding, flip)
 
 
 def make_batch_transform(spec: DatasetSpec, train: bool) -> BatchTransform:
