@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedsign.config import RunConfig  # noqa: E402
 from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
-from fedsign.engine import run_inprocess  # noqa: E402
+from fedsign.engines import run_inprocess  # noqa: E402
 from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
                                prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
@@ -213,7 +213,7 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
     client) or ``train_clients`` call (vectorized: one per round) is timed, and a round's share
     is its clients' calls; the overhead is the rest of the round."""
     import fedsign.client_app
-    import fedsign.vectorized
+    import fedsign.engines.vectorized
 
     overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
                  f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
@@ -223,7 +223,7 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
         config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/x'").resolved()
         for engine, module, name, calls_per_round in (
                 ("inprocess", fedsign.client_app, "train_local", config.clients_per_round),
-                ("vectorized", fedsign.vectorized, "train_clients", 1)):
+                ("vectorized", fedsign.engines.vectorized, "train_clients", 1)):
             durations: list[float] = []
             original = getattr(module, name)
 

@@ -74,7 +74,7 @@ class Preset:
     convergence_check: bool = False  # also run FedAvg at twice the rounds on the tuning seed
 
     def config(self, extra: str = "") -> RunConfig:
-        return RunConfig.from_overrides(f"{self.common} {extra}", validate=False)
+        return RunConfig.from_overrides(merge_overrides(self.common, extra), validate=False)
 
 
 PRESETS = {
@@ -131,11 +131,7 @@ class Cell:
         return self.dataset, self.alpha, self.method
 
     def overrides(self, preset: Preset, data_dirs: dict[str, str], out_dir: Path, extra: str) -> str:
-        common = preset.common
-        if self.rounds_factor != 1:
-            rounds = preset.config(extra).num_rounds * self.rounds_factor
-            common = re.sub(r"num-rounds=\d+", f"num-rounds={rounds}", common)
-        parts = [common, f"strategy='{self.method}' dataset='{self.dataset}' "
+        parts = [preset.common, f"strategy='{self.method}' dataset='{self.dataset}' "
                  f"dirichlet-alpha={self.alpha} seed={self.seed} out-dir='{out_dir}'"]
         grid = TUNING_GRIDS[self.method]
         if grid and self.value is not None:
@@ -143,7 +139,19 @@ class Cell:
         if self.dataset in data_dirs:
             parts.append(f"data-dir='{data_dirs[self.dataset]}'")
         parts.append(extra)
-        return " ".join(p for p in parts if p)
+        if self.rounds_factor != 1:
+            parts.append(f"num-rounds={preset.config(extra).num_rounds * self.rounds_factor}")
+        return merge_overrides(*parts)
+
+
+def merge_overrides(*parts: str) -> str:
+    """``key=value`` strings joined with later parts replacing earlier keys (``--extra`` over the preset)."""
+    merged: dict[str, str] = {}
+    for part in parts:
+        for key, value in re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", part):
+            merged.pop(key, None)
+            merged[key] = value
+    return " ".join(f"{k}={v}" for k, v in merged.items())
 
 
 def tuning_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]) -> list[Cell]:
@@ -244,7 +252,7 @@ def run_cell(overrides: str, engine: str) -> None:
         subprocess.run([sys.executable, "-m", "fedsign.cli", "simulate", "--run-config", overrides], check=True,
                        stdout=subprocess.DEVNULL)
         return
-    from fedsign.engine import run_inprocess
+    from fedsign.engines import run_inprocess
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     run_inprocess(RunConfig.from_overrides(f"{overrides} engine='{engine}'").resolved(), progress=False)
@@ -283,9 +291,11 @@ def next_cell(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...
 
 def work(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], data_dirs: dict[str, str],
          runs: Path, extra: str, engine: str, time_budget: float) -> int:
-    """Run cells until none is left (or ``time_budget`` seconds have passed); return how many ran."""
-    start, done = time.perf_counter(), 0
-    while time_budget <= 0 or time.perf_counter() - start < time_budget:
+    """Run cells until none is left; with a ``time_budget`` (seconds), start no cell that would end past it
+    at the mean duration of the cells this process ran so far. Return how many ran."""
+    start, durations = time.perf_counter(), []
+    while time_budget <= 0 or time.perf_counter() - start + (statistics.mean(durations) if durations else 0) \
+            < time_budget:
         cell, lock, waiting = next_cell(preset, methods, datasets, runs)
         if cell is None:
             if not waiting:
@@ -299,12 +309,12 @@ def work(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], da
             began = time.perf_counter()
             run_cell(cell.overrides(preset, data_dirs, cell_dir, extra), engine)
             summary = cell_summary(cell, read_metrics(cell_dir))
-            done += 1
+            durations.append(time.perf_counter() - began)
             print(f"[pid {os.getpid()}] {cell.name}: test {summary['test']:.4f} val {summary['val'] or 0:.4f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
         finally:
             lock.release()
-    return done
+    return len(durations)
 
 
 # ----------------------------------------------------------------------------- statistics and tables

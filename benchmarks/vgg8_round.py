@@ -3,7 +3,7 @@
 10 clients x 5 epochs x 500 CIFAR-10 samples, batch 64, SGD lr 0.03 momentum 0.9
 weight decay 1e-5 (the paper's local setting), augmentation on. ``sequential`` calls
 :func:`fedsign.training.train_local` once per client (a plain PyTorch loop);
-``vectorized`` trains all clients at once with :func:`fedsign.vectorized.train_clients`.
+``vectorized`` trains all clients at once with :func:`fedsign.engines.vectorized.train_clients`.
 Reference on one H200: the plain sequential loop takes 1.40 s per round, the same
 steps vmapped over the 10 clients 0.51 s. ``--uneven`` gives client c ``(2c+1)/clients`` x ``--samples``
 (the same total; 50..950 for 10 clients: short last batches and unequal step counts, which
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedsign.data import DATASETS, load_dataset, make_batch_transform  # noqa: E402
 from fedsign.models import build_model  # noqa: E402
 from fedsign.training import TrainSettings, resolve_device, train_local  # noqa: E402
-from fedsign.vectorized import ClientJob, train_clients  # noqa: E402
+from fedsign.engines.vectorized import ClientJob, train_clients  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

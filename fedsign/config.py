@@ -64,6 +64,7 @@ class PlatformConfig:
     out_dir: str = ""
     device: str = "auto"
     engine: str = "inprocess"
+    mixed_precision: bool = False  # vectorized engine: bf16 autocast + channels-last images
     resume: bool = False
     checkpoint_every: int = 1
     weighted: bool = True

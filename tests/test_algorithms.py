@@ -18,7 +18,7 @@ from clients.fedprox import proximal_term
 from clients.fedsign import sign_term
 from clients.moon import STATE_KEY as MOON_STATE, moon_contrastive_loss
 from fedsign.config import STRATEGIES, ConfigError, RunConfig
-from fedsign.engine import InProcessGrid
+from fedsign.engines import InProcessGrid
 from fedsign.models import build_model
 from fedsign.server import make_strategy
 from fedsign.task import build_run_model

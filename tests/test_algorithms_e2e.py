@@ -3,7 +3,7 @@
 import pytest
 
 from fedsign.config import RunConfig
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.results import read_metrics
 
 SETTING = "dataset='digits' num-clients=10 clients-per-round=5 num-rounds=8 dirichlet-alpha=0.5 seed=0 device='cpu'"

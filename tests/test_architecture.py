@@ -179,7 +179,7 @@ def _violations(sources, forbidden, allowed=()) -> list[str]:
 # The federated-learning side: run config, engines, server/client apps, CLIs and deployment (with the
 # package names the planned layout gives them).
 FL_SIDE = ("fedsign.task", "fedsign.config", "fedsign.server", "fedsign.client_app", "fedsign.server_app",
-           "fedsign.engine", "fedsign.engines", "fedsign.vectorized", "fedsign.cli", "fedsign.federation",
+           "fedsign.engines", "fedsign.cli",
            "fedsign.deploy", "fedsign.algorithms", "clients", "strategies")
 
 

@@ -19,7 +19,7 @@ from safetensors.numpy import save
 from fedsign.checkpoint import CHECKPOINT_NAME, decode, encode
 from fedsign.cli import main
 from fedsign.config import RunConfig
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.deploy.certificates import make_certificates, make_node_key
 from fedsign.deploy.federation import Federation, write_connection
 

@@ -26,7 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from fedsign.client_app import app as client_app
 from fedsign.config import RunConfig
-from fedsign.engine import InProcessGrid
+from fedsign.engines import InProcessGrid
 from fedsign.deploy.certificates import make_certificates, make_node_key
 from fedsign.deploy.federation import Federation
 from fedsign.deploy.processes import free_port

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedsign.config import RunConfig
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.results import load_model_state, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from clients import ClientAlgorithm
 from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS, client_hyperparameters, hyperparameter_table
 from fedsign.client_app import received_config
 from fedsign.config import ConfigError, RunConfig
-from fedsign.engine import InProcessGrid
+from fedsign.engines import InProcessGrid
 from fedsign.server import make_strategy
 from strategies import FedAvg
 

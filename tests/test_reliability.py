@@ -17,7 +17,7 @@ from flwr.common.constant import ErrorCode
 
 from fedsign.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedsign.config import ConfigError, RunConfig
-from fedsign.engine import InProcessGrid, run_inprocess
+from fedsign.engines import InProcessGrid, run_inprocess
 from fedsign.faults import parse_fail_partitions
 from fedsign.results import load_model_state, read_metrics
 from fedsign.server import make_strategy

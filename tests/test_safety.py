@@ -30,7 +30,7 @@ from fedsign.checkpoint import CHECKPOINT_NAME, LEGACY_NAME, decode, encode, loa
 from fedsign.cli import main
 from fedsign.config import RunConfig
 from fedsign.data import DataSourceError, load_dataset
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.results import LOCK_NAME, MARKER_NAME, RunLock, read_marker
 
 RUN = ("strategy='fedavg' dataset='digits' num-clients=2 clients-per-round=2 num-rounds=2 local-epochs=1 "

@@ -8,11 +8,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.models import build_model
 from fedsign.results import load_model_state, read_metrics
 from fedsign.training import TrainSettings, sgd_step, train_local
-from fedsign.vectorized import ClientJob, BatchMask, masked_batch_norm, train_clients
+from fedsign.engines.vectorized import ClientJob, BatchMask, masked_batch_norm, train_clients
 
 BASE = ("dataset='digits' num-clients=6 clients-per-round=3 num-rounds=2 local-epochs=1 "
         "dirichlet-alpha=0.5 seed=5 min-partition-size=5")
@@ -243,13 +243,13 @@ def test_any_exception_falls_back_to_the_same_sequential_result(tmp_path, monkey
 
 def test_unbatchable_op_falls_back_to_the_same_sequential_result(tmp_path, monkeypatch, capsys):
     """torch.func raises NotImplementedError for an op without a batching rule: the round runs sequentially."""
-    import fedsign.vectorized
+    import fedsign.engines.vectorized
 
     def no_batching_rule(*args, **kwargs):
         raise NotImplementedError("Batching rule not implemented for aten::some_op\nmore detail")
 
     sequential = final_model(tmp_path, "strategy='fedavg'", "inprocess")
-    monkeypatch.setattr(fedsign.vectorized, "train_clients", no_batching_rule)
+    monkeypatch.setattr(fedsign.engines.vectorized, "train_clients", no_batching_rule)
     fallback = final_model(tmp_path, "strategy='fedavg'", "vectorized")
     out = capsys.readouterr().out
     assert "falling back to sequential clients: NotImplementedError: Batching rule not implemented" in out

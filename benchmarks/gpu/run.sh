@@ -68,7 +68,7 @@ import sys
 import flwr  # noqa: F401  (the kit's packages import)
 import torch
 
-import fedsign.engine  # noqa: F401  (the project imports under this torch)
+import fedsign.engines  # noqa: F401  (the project imports under this torch)
 
 cuda = torch.cuda.is_available()
 check = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),

@@ -18,7 +18,7 @@ from fedsign.cli.common import PROJECT_DIR, CLIError, add_run_config, load_confi
 from fedsign.config import refuse_crash_faults
 from fedsign.deploy.federation import flower_env
 from fedsign.deploy.processes import pids_with_cmdline, stop
-from fedsign.engine import run_inprocess
+from fedsign.engines import run_inprocess
 from fedsign.results import RunResults, check_outcome
 
 

@@ -1,4 +1,4 @@
-"""The in-process engine: the same ServerApp loop and ClientApp code, no Ray, no SuperLink.
+"""The in-process grid: the same ServerApp loop and ClientApp code, no Ray, no SuperLink.
 
 ``InProcessGrid`` implements Flower's ``Grid`` by calling the ClientApp directly for each
 message, with one persistent ``Context`` per node (so per-client state survives between
@@ -22,9 +22,12 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsign.config import RunConfig, refuse_crash_faults
-from fedsign.results import RunResults
-from fedsign.vectorized import VectorizedGrid, vectorization_problem
+
+
+def assign_message_id(msg: Message) -> None:
+    """Give ``msg`` a fresh id, as Flower's simulation engine does for the messages it delivers
+    (flwr/server/superlink/fleet/vce/vce_api.py); Flower has no public setter for it."""
+    msg.metadata.__dict__["_message_id"] = str(uuid4())
 
 
 def error_reply(msg: Message, err: Exception) -> Message:
@@ -82,7 +85,7 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            assign_message_id(msg)
             self._deliver(msg)
             ids.append(msg.metadata.message_id)
         return ids
@@ -132,24 +135,3 @@ class InProcessGrid(Grid):
         """Restore what ``client_states`` returned."""
         for context in self.contexts.values():
             context.state = states.get(int(context.node_config["partition-id"]), RecordDict())
-
-
-def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
-    """Run ``config`` (validated, paths resolved) in this process."""
-    from fedsign.client_app import app as client_app
-    from fedsign.server import run_server
-
-    refuse_crash_faults(config, "the in-process engine")
-    grid_class = InProcessGrid
-    if config.engine == "vectorized":
-        problem = vectorization_problem(config)
-        if problem is None:
-            grid_class = VectorizedInProcessGrid
-        else:
-            print(f"vectorized engine: running clients sequentially: {problem}", flush=True)
-    grid = grid_class(client_app, config.num_clients, config.to_dict())
-    return run_server(grid, config, progress=progress)
-
-
-class VectorizedInProcessGrid(VectorizedGrid, InProcessGrid):
-    """The in-process grid whose train rounds run all clients at once (``engine='vectorized'``)."""

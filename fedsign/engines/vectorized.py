@@ -28,11 +28,16 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from flwr.app import MessageType
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from fedsign.client_app import begin_training, finish_training, train_settings
+from fedsign.data import DATASETS
 from fedsign.data.specs import DatasetSpec
 from fedsign.data.transforms import CROP_PADDING, crop_flip, crop_flip_draws, make_batch_transform
+from fedsign.engines.inprocess import InProcessGrid, assign_message_id, error_reply
+from fedsign.faults import parse_fail_partitions
 from fedsign.training import TrainSettings, TrainStats, batch_order, derive_seed, sgd_step
 
 # term(params, features, x, y, client_inputs, shared_inputs) -> scalar
@@ -264,8 +269,6 @@ class VectorizationError(RuntimeError):
 
 def vectorization_problem(config) -> str | None:
     """Why ``config`` cannot run vectorized (None when it can)."""
-    from fedsign.faults import parse_fail_partitions
-
     faults = parse_fail_partitions(config.fail_partitions, config.num_clients)
     if any(mode == "hang" for entries in faults.values() for mode, _ in entries):
         return "fail-partitions 'hang' needs per-client timeouts, which only the sequential engine enforces"
@@ -273,7 +276,7 @@ def vectorization_problem(config) -> str | None:
 
 
 class VectorizedGrid:
-    """Mixin for :class:`fedsign.engine.InProcessGrid`: a round's train messages run as one
+    """Mixin for :class:`fedsign.engines.inprocess.InProcessGrid`: a round's train messages run as one
     batched computation (chunks of ``chunk_size`` clients; 0 = all, halved on CUDA
     out-of-memory; ``mixed_precision``: see :func:`train_clients`). Every other message type
     runs sequentially through the ClientApp. When the batched training raises, this round and
@@ -285,8 +288,6 @@ class VectorizedGrid:
     fallback_reason: str | None = None
 
     def send_and_receive(self, messages, *, timeout=None):
-        from flwr.app import MessageType
-
         messages = list(messages)
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         if not train or self.fallback_reason is not None:
@@ -296,14 +297,9 @@ class VectorizedGrid:
         return replies + self._train_round(train)
 
     def _train_round(self, messages):
-        from uuid import uuid4
-
-        from fedsign.client_app import begin_training, finish_training
-        from fedsign.engine import error_reply
-
         jobs, replies = [], []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            assign_message_id(msg)
             try:
                 jobs.append(begin_training(msg, self.contexts[msg.metadata.dst_node_id]))
             except Exception as err:  # the client failed before training: an error reply
@@ -326,9 +322,6 @@ class VectorizedGrid:
     def _train_jobs(self, jobs) -> list:
         """Train every job's model in place (chunk by chunk); the per-job stats. Raises on any failure
         before a job's model changes."""
-        from fedsign.client_app import train_settings
-        from fedsign.data import DATASETS
-
         first = jobs[0]
         config, algorithm, model = first.config, first.algorithm, first.model
         settings = train_settings(config)
@@ -370,3 +363,7 @@ class VectorizedGrid:
                 stats.append(job_stats)
                 c += 1
         return stats
+
+
+class VectorizedInProcessGrid(VectorizedGrid, InProcessGrid):
+    """The in-process grid whose train rounds run all clients at once (``engine='vectorized'``)."""
