@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fedsign.algorithms import ALGORITHMS
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.engines import run_inprocess
@@ -24,7 +25,7 @@ def final_model(tmp_path, overrides: str, engine: str) -> dict[str, torch.Tensor
     return load_model_state(run_inprocess(config, progress=False).out_dir / "model.safetensors")
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "moon", "feddyn", "fedpan", "fedsign"])
+@pytest.mark.parametrize("strategy", list(ALGORITHMS))
 def test_vectorized_equals_sequential(tmp_path, strategy):
     extra = f"strategy='{strategy}'"
     if strategy == "fedprox":
@@ -38,10 +39,15 @@ def test_vectorized_equals_sequential(tmp_path, strategy):
         assert torch.allclose(sequential[key], vectorized[key], atol=1e-4, rtol=0), key
 
 
-def test_sign_term_composes_under_vmap(tmp_path):
-    extra = "strategy='feddyn' sign-gamma=0.001 fedsign-reduction='sum'"
+@pytest.mark.parametrize("strategy", list(ALGORITHMS))
+def test_sign_term_with_every_strategy_equals_sequential(tmp_path, strategy):
+    """The FedSign term (default reduction) added to each strategy: vectorized == in-process, and both
+    report the same term_grad_ratio (FedSign itself carries its own gamma)."""
+    extra = f"strategy='{strategy}' " + ("fedsign-gamma=0.1" if strategy == "fedsign" else "sign-gamma=0.1")
     a, b = final_model(tmp_path, extra, "inprocess"), final_model(tmp_path, extra, "vectorized")
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=0) for k in a)
+    ratios = [[r["term_grad_ratio"] for r in read_metrics(tmp_path / engine)] for engine in ("inprocess", "vectorized")]
+    assert ratios[0] == pytest.approx(ratios[1], rel=1e-4) and min(ratios[0]) > 0.05
 
 
 def _jobs(n_samples, in_channels=1, size=8, seeds=None):
@@ -229,7 +235,7 @@ def test_any_exception_falls_back_to_the_same_sequential_result(tmp_path, monkey
     traceback, and the round runs sequentially with the sequential result."""
     from clients.fedprox import FedProxClient
 
-    monkeypatch.setattr(FedProxClient, "term_inputs", lambda self, model, g, state, config: {"unused": None})
+    monkeypatch.setattr(FedProxClient, "term_inputs", lambda self, ctx: {"unused": None})
     extra = "strategy='fedprox' proximal-mu=0.5"
     sequential = final_model(tmp_path, extra, "inprocess")
     fallback = final_model(tmp_path, extra, "vectorized")
