@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from clients import ClientAlgorithm, ClientRound, ClientState, make_client_algorithm
@@ -23,6 +24,7 @@ from fedsign.algorithms import client_hyperparameters
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
+from fedsign.results import atomic_write
 from fedsign.task import build_run_model, client_data, load_arrays, model_arrays, run_partitions
 from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, term_grad_ratio, train_local
 
@@ -66,8 +68,6 @@ def load_state(context: Context, state_key: str = "") -> ClientState:
                 for key, record in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
     if not path.exists():
         return {}
-    from safetensors.torch import load_file
-
     state: ClientState = {}
     for key, tensor in load_file(str(path)).items():
         name, param = key.split("/", 1)
@@ -84,10 +84,6 @@ def save_state(context: Context, state: ClientState, state_key: str = "") -> Non
         return
     if not state:
         return
-    from safetensors.torch import save
-
-    from fedsign.results import atomic_write
-
     flat = {f"{name}/{param}": v.detach().cpu().contiguous() for name, tensors in state.items()
             for param, v in tensors.items()}
     atomic_write(path, save(flat))

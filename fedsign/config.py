@@ -178,7 +178,7 @@ class PlatformConfig:
                 raise ConfigError(f"fail-partitions: {err}") from None
         self._validate_round_timeout()
         if self.device == "cuda":
-            import torch
+            import torch  # here, not at the top (~2 s): only device='cuda' needs it
 
             if not torch.cuda.is_available():
                 raise ConfigError("device='cuda' but torch sees no CUDA GPU here; use device='cpu' or 'auto'")
@@ -198,7 +198,7 @@ class PlatformConfig:
     def _validate_partition(self) -> None:
         """Draw the run's partition (cached for the run): too many clients for the data, or an
         alpha so small that no draw gives every client min-partition-size samples, is refused here."""
-        from fedsign.data import DataSourceError, client_partitions
+        from fedsign.data import DataSourceError, client_partitions  # here, not at the top: data pulls in torch (~2 s)
 
         try:
             client_partitions(self.dataset, self.data_dir, self.train_samples, self.validation_fraction,
@@ -210,6 +210,7 @@ class PlatformConfig:
             raise ConfigError(f"partition: {err} (num-clients, min-partition-size, dirichlet-alpha)") from None
 
     def _validate_data_and_model(self) -> None:
+        # here, not at the top: data and models pull in torch (~2 s); fedsign.config alone imports in 0.04 s
         from fedsign.data import DATASETS, DataSourceError, check_data_source
         from fedsign.models import MODEL_NAMES, check_model_input
 
@@ -234,7 +235,7 @@ class PlatformConfig:
         root = Path(base) if base is not None else Path.cwd()
         data_dir = str((root / self.data_dir).resolve()) if self.data_dir else ""
         if not data_dir:  # the dataset's default location, made absolute for every process
-            from fedsign.data import check_data_source
+            from fedsign.data import check_data_source  # here, not at the top: torch (~2 s)
 
             located = check_data_source(self.dataset, None)
             data_dir = str(located) if located is not None else ""

@@ -22,7 +22,7 @@ from fedsign.deploy.federation import (CONNECTION, DEFAULT_PORT, Federation, reg
                                        split_address, start_superlink, start_supernode, wait_connected,
                                        write_connection)
 from fedsign.deploy.processes import LOOPBACK, free_port
-from fedsign.results import RunInterrupted, RunResults, check_outcome
+from fedsign.results import RunInterrupted, RunResults, check_outcome, read_metrics
 
 DEFAULT_DIR = ".federation"
 __all__ = ["Federation", "add_federation_parser", "free_port", "make_certificates", "make_node_key",
@@ -31,8 +31,6 @@ __all__ = ["Federation", "add_federation_parser", "free_port", "make_certificate
 
 def print_rounds(out_dir: Path) -> None:
     """Per-round accuracy of a finished run."""
-    from fedsign.results import read_metrics
-
     print(f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'replies':>7}  {'failures':>8}  {'seconds':>7}")
     for r in read_metrics(out_dir):
         print(f"{r['round']:>5}  {r['accuracy']:>8.4f}  {r['loss']:>7.4f}  {r['num_replies']:>7}  "
