@@ -130,17 +130,16 @@ def test_normalizations():
     assert torch.allclose(ns["conv"] / d["conv"], ns["bias"][:1] / d["bias"][:1])  # direction unchanged
     filt = normalize(d, theta, "filter")
     assert torch.allclose(filt["conv"].flatten(1).norm(dim=1), theta["conv"].flatten(1).norm(dim=1))
-    assert torch.allclose(filt["bias"], torch.sign(d["bias"]) * theta["bias"].abs())  # the 1-D rule
+    assert torch.equal(filt["bias"], theta["bias"])  # default 1-D rule: copy theta (Li et al.)
     with pytest.raises(ValueError, match="zero direction"):
         normalize({k: torch.zeros_like(v) for k, v in theta.items()}, theta, "ns")
 
 
 def test_parameter_groups():
     model = net()
-    layer1 = select_parameters(model, "LAYER1")
-    assert layer1[:3] == ["conv1.weight", "bn1.weight", "bn1.bias"]
-    assert all(n.split(".")[0] in ("conv1", "bn1", "layer1") for n in layer1)
-    assert "layer1.2.bn2.bias" in layer1 and not any(n.startswith("layer2") for n in layer1)
+    layer1 = select_parameters(model, "LAYER1")  # the first stage after the stem conv1/bn1
+    assert layer1[0] == "layer1.0.conv1.weight" and all(n.startswith("layer1.") for n in layer1)
+    assert "layer1.2.bn2.bias" in layer1
     assert select_parameters(model, "clf") == ["classifier.weight", "classifier.bias"]
     feat = select_parameters(model, "FEAT")
     assert "classifier.weight" not in feat and len(feat) + 2 == len(list(model.parameters()))
