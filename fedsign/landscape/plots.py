@@ -138,15 +138,18 @@ def plot_soups(record: dict, path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-DIGITS_PANELS = (("gini", "GiniP"), ("trace_hessian", "Tr(H)"), ("first_order", "n^Tg"),
-                 ("second_order", "n^THn"), ("loss", "Loss"), ("error", "Error"))
+DIGITS_PANELS = (("gini", "GiniP"), ("trace_hessian", "Tr(H)"), ("first_order_text", "εᵀg (text)"),
+                 ("second_order_text", "εᵀHε (text)"), ("first_order_listing", "Wnᵀg (Listing 2)"),
+                 ("second_order_listing", "WnᵀHWn (Listing 2)"), ("loss", "Loss"), ("error", "Error"))
 
 
 def plot_digits_demo(record: dict, path: str | Path) -> Path:
-    """Fig. 29: the six Listing-2 metrics over lambda, Gaussian noise (top) and sign-consistent (bottom)."""
+    """Fig. 29: the Listing-2 metrics over lambda, Gaussian noise (top) and sign-consistent (bottom); the
+    first/second-order coefficients in both definitions (the text's εᵀg, εᵀHε; Listing 2's Wnᵀg, WnᵀHWn)."""
     plt = _pyplot()
     noises = list(record["noises"])
-    fig, axes = plt.subplots(len(noises), 6, figsize=(15, 2.2 * len(noises)), squeeze=False)
+    fig, axes = plt.subplots(len(noises), len(DIGITS_PANELS), figsize=(2.4 * len(DIGITS_PANELS), 2.2 * len(noises)),
+                             squeeze=False)
     for r, noise in enumerate(noises):
         for c, (key, label) in enumerate(DIGITS_PANELS):
             ax = axes[r][c]
@@ -154,6 +157,23 @@ def plot_digits_demo(record: dict, path: str | Path) -> Path:
             ax.set_title(f"{label} ({noise})", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_weight_patterns(record: dict, path: str | Path) -> Path:
+    """Fig. 10: a class sample, then the weight pattern ``w + λ·sign(w)`` per λ (correlation with the
+    class's mean input in the title)."""
+    plt = _pyplot()
+    n = len(record["lambdas"])
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.9 * (n + 1), 2.2))
+    axes[0].imshow(record["sample"], cmap="gray")
+    axes[0].set_title(f"digit {record['cls']}", fontsize=8)
+    for ax, lam, pattern, corr in zip(axes[1:], record["lambdas"], record["patterns"], record["correlation"]):
+        ax.imshow(pattern, cmap="gray")
+        ax.set_title(f"λ={lam:+.1f}, r={corr:+.2f}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, path)
 
 
