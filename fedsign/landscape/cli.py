@@ -69,14 +69,15 @@ def _read_config(run_dir: Path) -> RunConfig:
         raise CLIError(f"{run_dir / 'config.json'} is not a valid run config ({first})") from None
 
 
-def _run_state(model: nn.Module, path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Parameters and buffers of the weights file ``path`` for ``model`` (one-line errors)."""
+def _run_state(model: nn.Module, path: Path, built: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Parameters and buffers of the weights file ``path`` for ``model`` (one-line errors; ``built`` says
+    what the model was built as)."""
     from .weights import WeightsError, fit_weights, load_weights
 
     try:
         return split_state(model, fit_weights(model, load_weights(path), f"weights file {path}"))
     except WeightsError as err:
-        raise CLIError(str(err)) from None
+        raise CLIError(f"{err}{'; the model was built as ' + built if built else ''}") from None
 
 
 def load_run(path: str | Path, device: torch.device) -> LoadedRun:
@@ -93,9 +94,10 @@ def load_run(path: str | Path, device: torch.device) -> LoadedRun:
     config = _read_config(run_dir)
     model = build_run_model(config)
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    built = f"{config.model} for {config.dataset} by {run_dir / 'config.json'}"
     if (run_dir / "init.safetensors").is_file():
-        init, _ = _run_state(model, run_dir / "init.safetensors")
-    params, buffers = _run_state(model, model_file)
+        init, _ = _run_state(model, run_dir / "init.safetensors", built)
+    params, buffers = _run_state(model, model_file, built)
     model.load_state_dict({**params, **buffers}, strict=False)
     model.to(device)
     data = load_dataset(config.dataset, config.data_dir or None)
@@ -212,7 +214,7 @@ def _out_dir(args: argparse.Namespace, run_path: str | Path | None) -> Path:
     if not run_path and not getattr(args, "weights", ""):
         raise CLIError("--model without a weights file: give --out")
     path = Path(run_path or args.weights)
-    return (path.parent if path.suffix == ".safetensors" else path) / "landscape"
+    return (path.parent if path.is_file() else path) / "landscape"
 
 
 def _floats(text: str) -> list[float]:
@@ -504,6 +506,66 @@ def cmd_digits_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssr_rows(run_dir: Path) -> list[dict]:
+    """Per round of metrics.csv: the clients' mean SSR with the global model they received (``ssr_clients``)."""
+    from fedsign.results import read_metrics
+
+    if not (run_dir / "metrics.csv").is_file():
+        raise CLIError(f"{run_dir} has no metrics.csv: is it a finished FL run (fedsign run / simulate)?")
+    try:
+        rows = read_metrics(run_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise CLIError(f"{run_dir / 'metrics.csv'} cannot be read ({err})") from None
+    return [{"round": r["round"], "ssr_clients": r.get("ssr_clients"), "accuracy": r.get("accuracy")}
+            for r in rows if r.get("round") is not None]
+
+
+def cmd_fl(args: argparse.Namespace) -> int:
+    """The valleys of FL runs' global models side by side: 7 raw and 7 sign-consistent noises, the
+    interpolation from the initial to the final global model, and the clients' per-round SSR."""
+    from .directions import DIRECTION_SETS as SETS
+
+    device = _device(args)
+    runs = [load_run(path, device) for path in args.runs]  # every run loads (and fails) before any work
+    ssr = [_ssr_rows(run.run_dir) for run in runs]
+    names = list(SETS["common"]) + list(SETS["common-sc"])
+    record: dict = {"seed": args.seed, "config": _config(args), "runs": []}
+    for run, rows in zip(runs, ssr):
+        data = eval_data(run, args, device)
+        params = select_parameters(run.model, args.group, args.clf)
+        theta = {n: run.params[n] for n in params}
+        saved = (run.run_dir / "init.safetensors").is_file()
+        first = ("init.safetensors (saved initial global model)" if saved else
+                 f"initial global model rebuilt from config.json (seed {run.config.seed})")
+        dirs = make_directions(names, theta, args.seed, normalization=args.norm, filter_1d=args.filter_1d)
+        valleys = valley_curves(run.model, run.params, dirs, data, scales=(args.scale,),
+                                lambdas=lambda_grid(args.points), buffers=run.buffers, **_evaluation(args, device))
+        interp = interpolation(run.model, run.init, run.params, data, groups=parameter_roles(run.model, args.clf),
+                               lambdas=lambda_grid(args.interp_points, -0.5, 1.5), **_evaluation(args, device))
+        record["runs"].append({
+            "run": str(run.run_dir), "label": f"{run.config.strategy} · {run.config.model} on {run.config.dataset} "
+                                              f"(seed {run.config.seed}, {run.config.num_rounds} rounds)",
+            "first_model": first, "group": args.group, "valleys": valleys, "interpolation": interp,
+            "ssr_clients": rows})
+    out = Path(args.out)
+    paths = write_record(out, args.name, record)
+    paths.append(plots.plot_fl_valleys(record, out / f"{args.name}.png"))
+    print(f"{'run':<40} {'raw asym':>9} {'sc asym':>9} {'err θ0':>7} {'err θT':>7} {'SSR last':>8}  θ0")
+    for r in record["runs"]:
+        curves = r["valleys"]["curves"]
+        key = f"{args.scale:g}"
+        raw = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common"]])
+        sc = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common-sc"]])
+        lam = np.asarray(r["interpolation"]["lambdas"])
+        err = r["interpolation"]["error"]
+        last = next((row["ssr_clients"] for row in reversed(r["ssr_clients"]) if row["ssr_clients"] is not None),
+                    float("nan"))
+        print(f"{Path(r['run']).name[:40]:<40} {raw:+9.4f} {sc:+9.4f} {err[int(np.argmin(np.abs(lam)))]:7.4f} "
+              f"{err[int(np.argmin(np.abs(lam - 1)))]:7.4f} {last:8.4f}  {r['first_model']}")
+    _print_written(paths)
+    return 0
+
+
 def cmd_digits_pattern(args: argparse.Namespace) -> int:
     """Fig. 10: the digits softmax weight of one class as w + λ·sign(w)."""
     from .theory import digits_softmax, weight_patterns
@@ -725,6 +787,15 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
                                               "e.g. a model pre-trained elsewhere (default: the seeded init)")
     p.add_argument("--points", type=int, default=11, help="λ points in [0, 1] (default 11)")
     _add_common(p, "soups", out_required=True)
+    _add_eval(p)
+
+    p = command("fl", cmd_fl, "FL runs side by side: global-model valleys (7 raw + 7 sign-consistent noises), "
+                              "initial-to-final interpolation, per-round client SSR")
+    p.add_argument("runs", nargs="+", help="finished FL run directories (config.json, model.safetensors, metrics.csv)")
+    p.add_argument("--scale", type=float, default=1.0, help="scale s of the valleys (default 1)")
+    p.add_argument("--points", type=int, default=11, help="λ points in [-1, 1] (default 11)")
+    p.add_argument("--interp-points", type=int, default=9, help="λ points in [-0.5, 1.5] (default 9)")
+    _add_common(p, "fl_valleys", out_required=True)
     _add_eval(p)
 
     p = command("digits-demo", cmd_digits_demo, "Listing 2 / Fig. 29: softmax regression on sklearn digits")

@@ -57,6 +57,45 @@ def plot_valleys(record: dict, rows: Sequence[Sequence[str]], path: str | Path, 
     return _save(fig, path)
 
 
+def plot_fl_valleys(record: dict, path: str | Path) -> Path:
+    """FL runs side by side (one column each): valleys of the final global model along the raw noises and
+    along their sign-consistent versions, the interpolation from the initial to the final global model,
+    and the clients' mean SSR with the global model per round."""
+    plt = _pyplot()
+    runs = record["runs"]
+    fig, axes = plt.subplots(4, len(runs), figsize=(3.6 * len(runs), 2.5 * 4), squeeze=False)
+    for c, run in enumerate(runs):
+        valleys = run["valleys"]
+        key = f"{valleys['scales'][0]:g}"
+        for r, sign_consistent in enumerate((False, True)):
+            ax = axes[r][c]
+            for name, curve in valleys["curves"].items():
+                if name.startswith("sc-") == sign_consistent:
+                    ax.plot(valleys["lambdas"], curve["scales"][key]["error"], lw=1, label=curve["label"])
+            ax.set_title(("sign-consistent" if sign_consistent else "raw") + f" noises, s={key}", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel("test error", fontsize=8)
+            ax.legend(fontsize=5)
+        ax = axes[2][c]
+        interp = run["interpolation"]
+        ax.plot(interp["lambdas"], interp["error"], marker="o", ms=2)
+        for v in (0.0, 1.0):
+            ax.axvline(v, color="gray", lw=0.6, ls="--")
+        ax.set_title("θ0 → θT: " + run["first_model"].split(" (")[0], fontsize=7)
+        ax.set_xlabel("λ in (1-λ)θ0 + λθT", fontsize=8)
+        ax.set_ylabel("test error", fontsize=8)
+        ax = axes[3][c]
+        rows = [row for row in run["ssr_clients"] if row["ssr_clients"] is not None]
+        ax.plot([row["round"] for row in rows], [row["ssr_clients"] for row in rows], marker="o")
+        ax.set_xlabel("round", fontsize=8)
+        ax.set_ylabel("client SSR vs global", fontsize=8)
+        axes[0][c].annotate(run["label"], (0.5, 1.25), xycoords="axes fraction", ha="center", fontsize=8)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_ratio_sweep(record: dict, path: str | Path, title: str = "") -> Path:
     """Fig. 4: mean test error (and CE) over the positive and negative sides against the ratio r."""
     plt = _pyplot()
@@ -133,6 +172,42 @@ def plot_soups(record: dict, path: str | Path, title: str = "") -> Path:
     axes[1].legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+BN_INIT_LABELS = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
+
+
+def plot_bn_init(panels: dict, numbers: dict, scales: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """Fig. 7: one column per BN-weight init: histograms of the BN weights at init and after training
+    (``panels[init] = (w0, wf)``), then per noise group (``scales``: group -> s) the {0,1} valleys, NS and
+    Filter-NS (``numbers[init]["records"][group]``, asymmetries in ``numbers[init]["asymmetry"][group]``)."""
+    plt = _pyplot()
+    rows = 1 + len(scales)
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 2.4 * rows), squeeze=False)
+    for c, (init, (w0, wf)) in enumerate(panels.items()):
+        ax = axes[0][c]
+        bins = np.linspace(min(w0.min(), wf.min()), max(w0.max(), wf.max()), 40)
+        ax.hist(w0, bins=bins, alpha=0.6, label="init")
+        ax.hist(wf, bins=bins, alpha=0.6, label="trained")
+        ax.set_title(f"{BN_INIT_LABELS.get(init, init)}: BN weights (acc {numbers[init]['test_accuracy']:.3f})",
+                     fontsize=8)
+        ax.legend(fontsize=7)
+        for r, (group, s) in enumerate(scales.items(), start=1):
+            ax = axes[r][c]
+            record = numbers[init]["records"][group]
+            for norm, label in (("ns", "NS"), ("filter", "Filter-NS")):
+                ax.plot(record["lambdas"], record["curves"][norm]["scales"][f"{s:g}"]["error"], marker="o", ms=2,
+                        lw=1, label=f"{label} (asym {numbers[init]['asymmetry'][group][norm]:+.3f})")
+            ax.set_title(f"{{0,1}} noise on {group}, s={s:g}", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel("test error", fontsize=8)
+            ax.legend(fontsize=7)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
