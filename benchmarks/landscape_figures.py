@@ -435,7 +435,8 @@ def run_bn_suite(args: argparse.Namespace) -> None:
     """``--suite bn``: every net of :data:`BN_NETS` on a CIFAR-10 subset; writes ``bn/numbers.json``."""
     total_start = time.perf_counter()
     scale = BN_QUICK if args.quick else BN_FULL
-    out = (Path(args.out) if args.out else QUICK_OUT if args.quick else OUT) / "bn"
+    out = (Path(args.out) if args.out else QUICK_OUT if args.quick else OUT) / ("bn" if args.seed == 0 else
+                                                                               f"bn-seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     seed = args.seed
     cifar = load_dataset("cifar10", args.data_dir or None)
@@ -459,8 +460,8 @@ def run_bn_suite(args: argparse.Namespace) -> None:
         if key in scale.fig7_nets:
             numbers["nets"][key]["fig7"] = bn_init_figure(key, trained, spec, x, y, data, scale, seed, out)
         numbers["seconds"][key] = time.perf_counter() - start
-        print(f"[{time.perf_counter() - total_start:6.0f} s] {key} done: acc {numbers['nets'][key]['test_accuracy']:.3f}",
-              flush=True)
+        accuracy_ = numbers["nets"][key]["test_accuracy"]
+        print(f"[{time.perf_counter() - total_start:6.0f} s] {key} done: acc {accuracy_:.3f}", flush=True)
         write_record(out, "numbers", numbers)  # after every net: a crash keeps what was measured
     numbers["seconds"]["total"] = time.perf_counter() - total_start
     write_record(out, "numbers", numbers)
@@ -469,11 +470,169 @@ def run_bn_suite(args: argparse.Namespace) -> None:
 
 
 
+# ------------------------------------------------------------------------------------------ claims
+CLAIM_TEXT = {
+    "C1": "sign-consistent noise ⇒ flatter positive side (all 7 noises)",
+    "C2": "raw noises ≈ symmetric valleys",
+    "C3": "asymmetry grows with the ratio r of sign-consistent elements",
+    "C4": "special directions: θ0, θf, sign(θf), sign(θf-μ) asymmetric; sgp(θf), sgp(θf-μ) not",
+    "C5": "BN weights init ones / U(0,1) ⇒ asymmetric {0,1}-noise valley; G(0,0.1) ⇒ symmetric",
+    "C6": "interpolation: the endpoint more sign-consistent with its outward direction has the flatter outer side",
+    "C7": "soups: a pre-trained start ⇒ higher SSR-AB and a positive soup gap (random init: lower, negative)",
+    "C8": "Listing 2 (digits softmax): sign-consistent noise asymmetric, Gaussian symmetric",
+}
+COMMON = tuple(DIRECTION_SETS["common"])
+
+
+class Stat:
+    """A measured quantity over seeds (and noise draws): its mean and a noise threshold, the larger of
+    ``base`` (3 test images' worth of error) and twice its standard error over the seeds."""
+
+    def __init__(self, values, base: float):
+        self.values = [float(v) for v in np.ravel(values)]
+        self.mean = float(np.mean(self.values))
+        se = float(np.std(self.values, ddof=1) / np.sqrt(len(self.values))) if len(self.values) > 1 else 0.0
+        self.threshold = max(base, 2 * se)
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.mean:+.3f}"
+        return f"{self.mean:+.3f}±{self.threshold / 2:.3f}"
+
+    @property
+    def positive(self) -> bool:
+        return self.mean > self.threshold + 1e-9  # float fuzz: a value at the threshold is noise
+
+    @property
+    def negative(self) -> bool:
+        return self.mean < -self.threshold - 1e-9
+
+
+def _joined(stats) -> str:
+    return " ".join(str(v) for v in stats)
+
+
+def _c6(runs: list[dict], base: float) -> tuple[str, str]:
+    rise1, rise2, out1, out2 = [], [], [], []
+    for f8 in runs:
+        lam, err = np.asarray(f8["lambdas"]), np.asarray(f8["error"])
+        rise1.append(err[lam < 0].mean() - err[np.argmin(np.abs(lam))])
+        rise2.append(err[lam > 1].mean() - err[np.argmin(np.abs(lam - 1))])
+        out1.append(1 - f8["ssr"]["theta1_d"]["all"])  # outward directions: -d at θ1, +d at θ2
+        out2.append(f8["ssr"]["theta2_d"]["all"])
+    diff = Stat(np.subtract(rise1, rise2), base)  # > 0: θ2's outer side is the flatter one
+    text = (f"SSR(θ1,-d) {np.mean(out1):.3f}, SSR(θ2,d) {np.mean(out2):.3f}; error rise beyond θ1 "
+            f"{np.mean(rise1):+.3f}, beyond θ2 {np.mean(rise2):+.3f} (difference {diff})")
+    if not (diff.positive or diff.negative):
+        return text, "within noise"
+    return text, "holds" if diff.positive == (np.mean(out2) > np.mean(out1)) else "contradicted"
+
+
+def _fig7_row(runs: list[dict], base: float) -> tuple[str, str]:
+    stat = {(i, g, n): Stat([r[i]["asymmetry"][g][n] for r in runs], base)
+            for i in runs[0] for g in ("BN", "ALL") for n in ("ns", "filter")}
+    text = "; ".join(f"{i}: BN ns {stat[i, 'BN', 'ns']} filter {stat[i, 'BN', 'filter']}, ALL ns "
+                     f"{stat[i, 'ALL', 'ns']} filter {stat[i, 'ALL', 'filter']}" for i in runs[0])
+    pos = [v for (i, _, _), v in stat.items() if i in ("ones", "uniform")]
+    sym = [v for (i, _, _), v in stat.items() if i == "gaussian"]
+    verdict = ("holds" if all(v.positive for v in pos) and not any(v.positive or v.negative for v in sym)
+               else "contradicted" if any(v.negative for v in pos) or any(v.positive for v in sym)
+               else "within noise")
+    return text, verdict
+
+
+def net_rows(label: str, runs: list[dict], base: float) -> list[tuple[str, str, str, str]]:
+    """C1-C7 rows of one network over its seeds (``runs``: one result dict per seed)."""
+    rows = []
+    fig3 = {k: Stat([np.mean(r["fig3"][k]) for r in runs], base) for k in runs[0]["fig3"]}
+    sc = [fig3[f"sc-{n}"] for n in COMMON]
+    v1 = "holds" if all(v.positive for v in sc) else "contradicted" if any(v.negative for v in sc) else \
+        f"within noise ({sum(v.positive for v in sc)}/7 beyond noise)"
+    rows.append(("C1", label, f"sc asym {_joined(sc)}", v1))
+    raw = [fig3[n] for n in COMMON]
+    off = [n for n, v in zip(COMMON, raw) if v.positive or v.negative]
+    rows.append(("C2", label, f"raw asym {_joined(raw)}",
+                 "holds" if not off else f"contradicted ({', '.join(off)} asymmetric)"))
+    ratios = runs[0]["fig4"]["ratios"]
+    r_asym = [Stat([r["fig4"]["error_asymmetry"][k] for r in runs], base) for k in range(len(ratios))]
+    grows = Stat([r["fig4"]["error_asymmetry"][-1] - r["fig4"]["error_asymmetry"][0] for r in runs], base)
+    rows.append(("C3", label, "r " + "/".join(f"{x:g}" for x in ratios) + f": asym {_joined(r_asym)}",
+                 "holds" if grows.positive else "contradicted" if grows.negative else "within noise"))
+    expected = {"init": True, "final": True, "sign": True, "sign-mu": True, "sgp": False, "sgp-mu": False}
+    f5 = {k: Stat([r["fig5"][k] for r in runs], base) for k in expected}
+    hits = sum(f5[k].positive if want else not (f5[k].positive or f5[k].negative) for k, want in expected.items())
+    wrong = [k for k, want in expected.items() if (want and f5[k].negative) or (not want and (f5[k].positive or
+                                                                                           f5[k].negative))]
+    rows.append(("C4", label, f"asym {_joined(f5.values())} ({hits}/6 as predicted)",
+                 "holds" if hits == 6 else f"contradicted ({', '.join(wrong)})" if wrong else "within noise"))
+    rows.append(("C6", label, *_c6([r["fig8"] for r in runs], base)))
+    if runs[0].get("fig11"):
+        arm = {(a, k): Stat([r["fig11"][a][k] for r in runs], base) for a in ("random_init", "pretrained")
+               for k in ("ssr_ab", "gap")}
+        gain = Stat([r["fig11"]["pretrained"]["gap"] - r["fig11"]["random_init"]["gap"] for r in runs], base)
+        ssr_up = np.mean([r["fig11"]["pretrained"]["ssr_ab"] > r["fig11"]["random_init"]["ssr_ab"] for r in runs])
+        verdict = ("holds" if gain.positive and arm["pretrained", "gap"].mean >= -base and ssr_up == 1
+                   else "contradicted" if gain.negative else "within noise")
+        rows.append(("C7", label, f"random init: SSR-AB {arm['random_init', 'ssr_ab'].mean:.4f}, gap "
+                                  f"{arm['random_init', 'gap']}; pre-trained: SSR-AB "
+                                  f"{arm['pretrained', 'ssr_ab'].mean:.4f}, gap {arm['pretrained', 'gap']}", verdict))
+    if runs[0].get("fig7"):
+        rows.append(("C5", label, *_fig7_row([r["fig7"] for r in runs], base)))
+    return rows
+
+
+def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(claim, network, measured, verdict) rows from the cnn suite's numbers and the BN suite's per-seed numbers."""
+    rows: list[tuple[str, str, str, str]] = []
+    if cnn:
+        base = 3 / cnn["scale"]["test_samples"]
+        res = {"fig3": {k: [v["asymmetry"]["1"]] for k, v in cnn["fig3"]["summary"].items()},
+               "fig4": cnn["fig4"]["sweep"],
+               "fig5": {k: v["asymmetry"]["1"] for k, v in cnn["fig5"]["summary"].items()},
+               "fig8": cnn["fig8"]}
+        rows += net_rows("cnn (MNIST, no BN; 1 seed)", [res], base)
+        checkpoints = cnn["fig11"]["checkpoints"]
+        rows.append(("C7", "cnn (MNIST, no BN; 1 seed)", "random init only: " + ", ".join(
+            f"E{c['epoch']} SSR-AB {c['ssr_ab']['all']:.3f} gap {c['gap']:+.3f}" for c in checkpoints),
+            "not tested (no pre-trained arm in that run)"))
+        rows.append(("C5", "resnet20 (MNIST, cnn suite, 1 seed; Filter-NS 1-D rule 'element')",
+                     *_fig7_row([cnn["fig7"]], 3 / cnn["scale"]["bn_test_samples"])))
+        d = cnn["fig29"]["error_asymmetry"]
+        rows.append(("C8", "softmax regression (sklearn digits, 10 draws)",
+                     f"error asym: sign-consistent {d['sign_consistent']:+.3f}, Gaussian {d['gaussian']:+.3f}",
+                     "holds" if d["sign_consistent"] > 0.02 and abs(d["gaussian"]) <= 0.02 else "contradicted"))
+    if bn_seeds:
+        base = 3 / bn_seeds[0]["scale"]["test_samples"]
+        for key in bn_seeds[0]["nets"]:
+            runs = [n["nets"][key] for n in bn_seeds if key in n["nets"]]
+            rows += net_rows(f"{key} (CIFAR-10; {len(runs)} seeds × {bn_seeds[0]['scale']['noise_seeds']} draws)",
+                             runs, base)
+    return sorted(rows, key=lambda row: row[0])
+
+
+def write_claims_table(out: Path) -> Path:
+    """``claims_table.md``: :func:`claim_rows` from ``numbers.json`` (cnn suite) and every ``bn*/numbers.json``
+    (BN suite, one per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others)."""
+    import json
+
+    cnn = out / "numbers.json"
+    bn = sorted(out.glob("bn*/numbers.json"))
+    rows = claim_rows(json.loads(cnn.read_text()) if cnn.is_file() else None, [json.loads(p.read_text()) for p in bn])
+    lines = ["| claim | network | measured (error asymmetry = mean err(λ≤0) − mean err(λ≥0), s=1) | verdict |",
+             "|---|---|---|---|"]
+    lines += [f"| {c}: {CLAIM_TEXT[c]} | {net} | {text} | **{verdict}** |" for c, net, text, verdict in rows]
+    path = out / "claims_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="cnn", choices=("cnn", "bn"),
                         help="cnn: the MNIST cnn/resnet20 figures (default); bn: CIFAR-10, resnet20 / vgg8_bn and "
                              "their BN-free twins")
+    parser.add_argument("--claims", action="store_true",
+                        help="only write claims_table.md from the numbers.json files in --out (no computation)")
     parser.add_argument("--nets", default="", help=f"--suite bn: comma-separated subset of {', '.join(BN_NETS)}")
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min); default out runs/")
     parser.add_argument("--out", default="", help=f"output folder (default {OUT.relative_to(ROOT)})")
@@ -490,6 +649,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.claims:
+        print(f"wrote {write_claims_table(Path(args.out) if args.out else OUT)}")
+        return
     if args.suite == "bn":
         run_bn_suite(args)
         return

@@ -159,8 +159,9 @@ def load_callable(args: argparse.Namespace, device: torch.device, weights: str |
         try:
             width = model(make_batch_transform(spec, train=False)(data.test_x[:2], None)).shape[-1]
         except Exception as err:
-            raise CLIError(f"--model {args.model} cannot take {args.dataset} images "
-                           f"[{spec.channels}, {spec.image_size}, {spec.image_size}]: {str(err).splitlines()[0]}") from None
+            shape = f"[{spec.channels}, {spec.image_size}, {spec.image_size}]"
+            raise CLIError(f"--model {args.model} cannot take {args.dataset} images {shape}: "
+                           f"{str(err).splitlines()[0]}") from None
     if width != spec.num_classes:
         raise CLIError(f"--model {args.model} outputs {width} classes but {args.dataset} has {spec.num_classes}; "
                        f"pass --model-kwargs num_classes={spec.num_classes} (or the model's own option)")
@@ -389,8 +390,8 @@ def cmd_ratio(args: argparse.Namespace) -> int:
     data = eval_data(run, args, device)
     names = select_parameters(run.model, args.group, args.clf)
     record = ratio_sweep(run.model, run.params, names, data, ratios=args.ratios, scale=args.scale,
-                         lambdas=lambda_grid(args.points), normalization=args.norm, filter_1d=args.filter_1d, seed=args.seed,
-                         buffers=run.buffers, **_evaluation(args, device))
+                         lambdas=lambda_grid(args.points), normalization=args.norm, filter_1d=args.filter_1d,
+                         seed=args.seed, buffers=run.buffers, **_evaluation(args, device))
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group, **record}
     out = _out_dir(args, args.run)
     paths = write_record(out, args.name, record, {k: np.asarray(v) for k, v in record["sweep"].items()})
