@@ -612,7 +612,7 @@ def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, s
 
 def write_claims_table(out: Path) -> Path:
     """``claims_table.md``: :func:`claim_rows` from ``numbers.json`` (cnn suite) and every ``bn*/numbers.json``
-    (BN suite, one per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others)."""
+    (BN suite, one per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others), and each seed's Fig. 11 PNG."""
     import json
 
     cnn = out / "numbers.json"
@@ -623,6 +623,9 @@ def write_claims_table(out: Path) -> Path:
     lines += [f"| {c}: {CLAIM_TEXT[c]} | {net} | {text} | **{verdict}** |" for c, net, text, verdict in rows]
     path = out / "claims_table.md"
     path.write_text("\n".join(lines) + "\n")
+    for numbers_path in bn:  # Fig. 11 of the BN suite, drawn from its numbers
+        plots.plot_soup_arms(json.loads(numbers_path.read_text())["nets"], numbers_path.parent / "fig11_soups.png",
+                             "Fig. 11-style on CIFAR-10: two halves from a random init vs from a pre-trained θf")
     return path
 
 

@@ -177,6 +177,28 @@ def plot_soups(record: dict, path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+def plot_soup_arms(nets: dict, path: str | Path, title: str = "") -> Path:
+    """Fig. 11 with two starts per network (one panel each): accuracy of (1-λ)θA + λθB at λ = 0, 0.5, 1 from
+    a random initialization and from a pre-trained model (``nets[name]["fig11"][arm]``), SSR-AB and gap in
+    the legend."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(nets), figsize=(3.0 * len(nets), 2.6), squeeze=False)
+    for ax, (name, res) in zip(axes[0], nets.items()):
+        for arm, label in (("random_init", "random init"), ("pretrained", "pre-trained")):
+            row = res["fig11"][arm]
+            ax.plot([0.0, 0.5, 1.0], row["accuracy"], marker="o",
+                    label=f"{label}: SSR-AB {row['ssr_ab']:.3f}, gap {row['gap']:+.3f}")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("λ in (1-λ)θA + λθB", fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 BN_INIT_LABELS = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
 
 
