@@ -491,13 +491,13 @@ class Stat:
     def __init__(self, values, base: float):
         self.values = [float(v) for v in np.ravel(values)]
         self.mean = float(np.mean(self.values))
-        se = float(np.std(self.values, ddof=1) / np.sqrt(len(self.values))) if len(self.values) > 1 else 0.0
-        self.threshold = max(base, 2 * se)
+        self.se = float(np.std(self.values, ddof=1) / np.sqrt(len(self.values))) if len(self.values) > 1 else 0.0
+        self.threshold = max(base, 2 * self.se)
 
     def __str__(self) -> str:
         if len(self.values) == 1:
             return f"{self.mean:+.3f}"
-        return f"{self.mean:+.3f}±{self.threshold / 2:.3f}"
+        return f"{self.mean:+.3f}±{self.se:.3f}"
 
     @property
     def positive(self) -> bool:
@@ -528,17 +528,21 @@ def _c6(runs: list[dict], base: float) -> tuple[str, str]:
     return text, "holds" if diff.positive == (np.mean(out2) > np.mean(out1)) else "contradicted"
 
 
-def _fig7_row(runs: list[dict], base: float) -> tuple[str, str]:
-    stat = {(i, g, n): Stat([r[i]["asymmetry"][g][n] for r in runs], base)
-            for i in runs[0] for g in ("BN", "ALL") for n in ("ns", "filter")}
-    text = "; ".join(f"{i}: BN ns {stat[i, 'BN', 'ns']} filter {stat[i, 'BN', 'filter']}, ALL ns "
-                     f"{stat[i, 'ALL', 'ns']} filter {stat[i, 'ALL', 'filter']}" for i in runs[0])
-    pos = [v for (i, _, _), v in stat.items() if i in ("ones", "uniform")]
-    sym = [v for (i, _, _), v in stat.items() if i == "gaussian"]
-    verdict = ("holds" if all(v.positive for v in pos) and not any(v.positive or v.negative for v in sym)
-               else "contradicted" if any(v.negative for v in pos) or any(v.positive for v in sym)
-               else "within noise")
-    return text, verdict
+def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
+    """C5 per noise group (BN, ALL): (measured, verdict)."""
+    out = []
+    for group in ("BN", "ALL"):
+        stat = {(i, n): Stat([r[i]["asymmetry"][group][n] for r in runs], base)
+                for i in runs[0] for n in ("ns", "filter")}
+        text = f"noise on {group}: " + "; ".join(f"{i} NS {stat[i, 'ns']} Filter-NS {stat[i, 'filter']}"
+                                                 for i in runs[0])
+        pos = [v for (i, _), v in stat.items() if i in ("ones", "uniform")]
+        sym = [v for (i, _), v in stat.items() if i == "gaussian"]
+        verdict = ("holds" if all(v.positive for v in pos) and not any(v.positive or v.negative for v in sym)
+                   else "contradicted" if any(v.negative for v in pos) or any(v.positive for v in sym)
+                   else "within noise")
+        out.append((text, verdict))
+    return out
 
 
 def net_rows(label: str, runs: list[dict], base: float) -> list[tuple[str, str, str, str]]:
@@ -577,7 +581,7 @@ def net_rows(label: str, runs: list[dict], base: float) -> list[tuple[str, str, 
                                   f"{arm['random_init', 'gap']}; pre-trained: SSR-AB "
                                   f"{arm['pretrained', 'ssr_ab'].mean:.4f}, gap {arm['pretrained', 'gap']}", verdict))
     if runs[0].get("fig7"):
-        rows.append(("C5", label, *_fig7_row([r["fig7"] for r in runs], base)))
+        rows += [("C5", label, *row) for row in _fig7_rows([r["fig7"] for r in runs], base)]
     return rows
 
 
@@ -595,8 +599,8 @@ def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, s
         rows.append(("C7", "cnn (MNIST, no BN; 1 seed)", "random init only: " + ", ".join(
             f"E{c['epoch']} SSR-AB {c['ssr_ab']['all']:.3f} gap {c['gap']:+.3f}" for c in checkpoints),
             "not tested (no pre-trained arm in that run)"))
-        rows.append(("C5", "resnet20 (MNIST, cnn suite, 1 seed; Filter-NS 1-D rule 'element')",
-                     *_fig7_row([cnn["fig7"]], 3 / cnn["scale"]["bn_test_samples"])))
+        rows += [("C5", "resnet20 (MNIST, cnn suite, 1 seed; Filter-NS 1-D rule 'element')", *row)
+                 for row in _fig7_rows([cnn["fig7"]], 3 / cnn["scale"]["bn_test_samples"])]
         d = cnn["fig29"]["error_asymmetry"]
         rows.append(("C8", "softmax regression (sklearn digits, 10 draws)",
                      f"error asym: sign-consistent {d['sign_consistent']:+.3f}, Gaussian {d['gaussian']:+.3f}",
@@ -618,7 +622,7 @@ def write_claims_table(out: Path) -> Path:
     cnn = out / "numbers.json"
     bn = sorted(out.glob("bn*/numbers.json"))
     rows = claim_rows(json.loads(cnn.read_text()) if cnn.is_file() else None, [json.loads(p.read_text()) for p in bn])
-    lines = ["| claim | network | measured (error asymmetry = mean err(λ≤0) − mean err(λ≥0), s=1) | verdict |",
+    lines = ["| claim | network | measured: error asymmetry, mean (± SE over seeds) | verdict |",
              "|---|---|---|---|"]
     lines += [f"| {c}: {CLAIM_TEXT[c]} | {net} | {text} | **{verdict}** |" for c, net, text, verdict in rows]
     path = out / "claims_table.md"
