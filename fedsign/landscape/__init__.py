@@ -25,7 +25,7 @@ __all__ = [
     "FILTER_1D", "GROUP_NAMES", "GroupError", "Line", "LoaderData", "NORMALIZATIONS", "NonFiniteError",
     "PolicyError", "SPECIAL_DIRECTIONS", "as_eval_data", "asymmetry", "check_finite", "difference",
     "evaluate_lines", "evaluate_point", "group_stats", "interpolation", "lambda_grid", "make_direction",
-    "make_directions", "model_state", "normalize", "parameter_roles", "point_buffers", "prepare_data",
+    "make_directions", "model_state", "normalize", "parameter_roles", "perturb", "point_buffers", "prepare_data",
     "ratio_noise", "ratio_sweep", "select_parameters", "sign_consistency", "sign_replaced", "special_direction",
     "split_state", "valley_curves",
 ]
