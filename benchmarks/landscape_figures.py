@@ -62,6 +62,7 @@ from fedsign.landscape.variants import (
     float_state,
     train_checkpoints,
 )
+from fedsign.landscape.groups import parameter_roles
 from fedsign.models import BN_WEIGHT_INITS, parameter_groups
 from fedsign.training import TrainSettings, derive_seed
 
@@ -187,53 +188,17 @@ def fig_bn_init(spec: DatasetSpec, x: Tensor, y: Tensor, test: tuple[Tensor, Ten
         }
         for group, s in FIG7_SCALES.items():
             theta = {n: t.params[n] for n in select_parameters(t.model, group)}
-            directions = {norm: make_directions(["binary"], theta, seed, normalization=norm)["binary"]
-                          for norm in ("ns", "filter")}
+            directions = {norm: make_directions(["binary"], theta, seed, normalization=norm,
+                                                filter_1d=FIG7_FILTER_1D[group])["binary"] for norm in ("ns", "filter")}
             record = valley_curves(t.model, t.params, directions, data, scales=(s,), **curve_options(t, scale.points))
             out[init]["asymmetry"][group] = {k: c["scales"][f"{s:g}"]["asymmetry"]["error"]["asymmetry"]
                                              for k, c in record["curves"].items()}
             out[init]["ssr_noise_theta"][group] = sign_consistency(directions["ns"], theta, groups)
             out[init]["records"][group] = record
         panels[init] = (bn_init.numpy(), bn_final.numpy())
-    plot_bn_init(panels, out, path)
+    plots.plot_bn_init(panels, out, FIG7_SCALES, path,
+                       "Fig. 7-style: resnet20 on MNIST, BN weight initialization and valley asymmetry")
     return out
-
-
-def plot_bn_init(panels: dict, numbers: dict, path: Path) -> None:
-    """One column per BN-weight init: BN weights at init and after training, then the {0,1} valleys
-    (NS and Filter-NS) with the noise on BN parameters and on ALL parameters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
-    rows = 1 + len(FIG7_SCALES)
-    fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 2.4 * rows), squeeze=False)
-    for c, (init, (w0, wf)) in enumerate(panels.items()):
-        ax = axes[0][c]
-        bins = np.linspace(min(w0.min(), wf.min()), max(w0.max(), wf.max()), 40)
-        ax.hist(w0, bins=bins, alpha=0.6, label="init")
-        ax.hist(wf, bins=bins, alpha=0.6, label="trained")
-        ax.set_title(f"{labels[init]}: BN weights (acc {numbers[init]['test_accuracy']:.3f})", fontsize=8)
-        ax.legend(fontsize=7)
-        for r, (group, s) in enumerate(FIG7_SCALES.items(), start=1):
-            ax = axes[r][c]
-            record = numbers[init]["records"][group]
-            for norm, label in (("ns", "NS"), ("filter", "Filter-NS")):
-                ax.plot(record["lambdas"], record["curves"][norm]["scales"][f"{s:g}"]["error"], marker="o", ms=2,
-                        lw=1, label=f"{label} (asym {numbers[init]['asymmetry'][group][norm]:+.3f})")
-            ax.set_title(f"{{0,1}} noise on {group}, s={s:g}", fontsize=8)
-            ax.set_xlabel("λ", fontsize=8)
-            ax.set_ylabel("test error", fontsize=8)
-            ax.legend(fontsize=7)
-        for ax in axes[:, c]:
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 7-style: resnet20 on MNIST, BN weight initialization and valley asymmetry", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def fig_interpolation(spec: DatasetSpec, x: Tensor, y: Tensor, large_batch: Trained, data: EvalData,
@@ -318,12 +283,369 @@ def print_summary(n: dict) -> None:
     print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in n["seconds"].items()))
 
 
+# ------------------------------------------------------------------------------------------ BN suite
+# Figs. 3, 4, 5, 7, 8 and 11 on CIFAR-10 for two BN networks and their BN-free twins (``--suite bn``).
+BN_NETS = {"resnet20": ("resnet20", True), "resnet20-nobn": ("resnet20", False),
+           "vgg8_bn": ("vgg8_bn", True), "vgg8": ("vgg8", False)}
+
+
+@dataclass(frozen=True)
+class BNScale:
+    train_samples: int  # theta_f of every net; the soup halves use the next 2 * soup_half images
+    epochs: int
+    soup_half: int
+    soup_epochs: int
+    test_samples: int
+    recal_samples: int
+    points: int  # λ points in [-1, 1]
+    interp_points: int  # λ points in [-0.5, 1.5]
+    ratios: tuple[float, ...]
+    noise_seeds: int  # Fig. 3 noise draws per net
+    fig7_nets: tuple[str, ...]
+
+
+BN_FULL = BNScale(1500, 2, 500, 2, 128, 64, 5, 9, (0.0, 0.5, 1.0), 3, ("resnet20",))
+BN_QUICK = BNScale(128, 1, 64, 1, 32, 32, 3, 3, (0.0, 1.0), 1, ("resnet20",))
+BN_SGD = {True: TrainSettings(epochs=1, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4),
+          False: TrainSettings(epochs=1, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4)}
+BN_SMALL_BATCH = 16  # Fig. 8's other model
+FIG7_FILTER_1D = {"BN": "element", "ALL": "copy"}  # Filter-NS would copy theta into a BN-only direction
+
+
+def strip_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The BN-free twin: every BatchNorm replaced by ``nn.Identity`` (in place)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            parent, _, local = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, local, torch.nn.Identity())
+    return model
+
+
+def train_net(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, epochs: int, seed: int, *,
+              bn_weight_init: str = "ones", batch_size: int | None = None,
+              start: dict[str, Tensor] | None = None) -> Trained:
+    """Net ``key`` of :data:`BN_NETS` from ``seed`` (or from the state ``start``), trained by ``train_local``."""
+    arch, bn = BN_NETS[key]
+    model = build_variant_model(arch, spec, bn_weight_init, seed=seed)
+    if not bn and arch == "resnet20":
+        strip_batch_norm(model)
+    if start is not None:
+        model.load_state_dict(start, strict=False)
+    init = float_state(model)
+    settings = BN_SGD[bn] if batch_size is None else replace(BN_SGD[bn], batch_size=batch_size)
+    begin = time.perf_counter()
+    states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1))
+    params, buffers = split_state(model, states[epochs])
+    return Trained(model, params, buffers, split_state(model, init)[0], time.perf_counter() - begin)
+
+
+def _asym(record: dict, name: str) -> float:
+    return record["curves"][name]["scales"]["1"]["asymmetry"]["error"]["asymmetry"]
+
+
+def bn_net_figures(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, data: EvalData, scale: BNScale, seed: int,
+                   out: Path) -> dict:
+    """Figs. 3, 4, 5, 8 and 11 for one net (noise on ALL, NS, s = 1, BN recalibrated)."""
+    res: dict = {}
+    xs, ys = x[:scale.train_samples], y[:scale.train_samples]
+    t = train_net(key, spec, xs, ys, scale.epochs, seed)
+    res["test_accuracy"], res["train_seconds"] = accuracy(t, data), t.seconds
+    names = select_parameters(t.model, "ALL")
+    theta = {n: t.params[n] for n in names}
+    opts = {"lambdas": lambda_grid(scale.points), "buffers": t.buffers, "bn": BN, "vectorize": False}
+    title = f"{key} on CIFAR-10 ({len(xs)} images, {scale.epochs} epochs, acc {res['test_accuracy']:.3f})"
+    rows3 = [list(DIRECTION_SETS["common"]), list(DIRECTION_SETS["common-sc"])]
+    fig3 = []
+    for k in range(scale.noise_seeds):  # Fig. 3 with several noise draws
+        dirs = make_directions([d for row in rows3 for d in row], theta, derive_seed(seed, 100 + k))
+        record = valley_curves(t.model, t.params, dirs, data, scales=(1.0,), **opts)
+        fig3.append({name: _asym(record, name) for name in record["curves"]})
+        if k == 0:
+            plots.plot_valleys(record, rows3, out / f"fig3_{key}.png", "error", "Fig. 3-style: " + title)
+            res["fig3_record"] = record
+    res["fig3"] = {name: [draw[name] for draw in fig3] for name in fig3[0]}
+    ratio = ratio_sweep(t.model, t.params, names, data, ratios=scale.ratios, seed=seed, **opts)
+    plots.plot_ratio_sweep(ratio, out / f"fig4_{key}.png", "Fig. 4-style: " + title)
+    res["fig4"] = ratio["sweep"]
+    special = make_directions(list(DIRECTION_SETS["special"]), theta, seed, theta0=t.init)
+    record = valley_curves(t.model, t.params, special, data, scales=(1.0,), **opts)
+    plots.plot_valleys(record, [list(DIRECTION_SETS["special"])], out / f"fig5_{key}.png", "error",
+                       "Fig. 5-style: " + title)
+    res["fig5"] = {name: _asym(record, name) for name in record["curves"]}
+    res["fig5_record"] = record
+    # Fig. 8: the same init trained with a small batch (theta_1) vs theta_f (theta_2)
+    small = train_net(key, spec, xs, ys, scale.epochs, seed, batch_size=BN_SMALL_BATCH)
+    interp = interpolation(small.model, small.params, t.params, data, buffers1=small.buffers, buffers2=t.buffers,
+                           lambdas=np.linspace(-0.5, 1.5, scale.interp_points), bn=BN, vectorize=False)
+    plots.plot_interpolation(interp, out / f"fig8_{key}.png", names=(f"θ1 (bs {BN_SMALL_BATCH})", "θ2 (bs 64)"),
+                             title=f"Fig. 8-style: {key} on CIFAR-10")
+    lam = np.asarray(interp["lambdas"])
+    err = np.asarray(interp["error"])
+    res["fig8"] = {"error": interp["error"], "lambdas": interp["lambdas"], "ssr": interp["ssr"],
+                   "side_mean_error": {"theta1_side": float(err[lam <= 0].mean()),
+                                       "theta2_side": float(err[lam >= 1].mean())}}
+    # Fig. 11: two halves of fresh images, from the seeded init vs from theta_f (pre-trained on other images)
+    soup_x = x[scale.train_samples:scale.train_samples + 2 * scale.soup_half]
+    soup_y = y[scale.train_samples:scale.train_samples + 2 * scale.soup_half]
+    res["fig11"] = {}
+    for arm, start in (("random_init", None), ("pretrained", {**t.params, **t.buffers})):
+        # both halves from one start: the seeded init (the one theta_f started from) or theta_f itself
+        a, b = (train_net(key, spec, soup_x[half], soup_y[half], scale.soup_epochs, seed, start=start)
+                for half in split_halves(len(soup_x), seed))
+        rec = soup_record(a.model, a.init, {scale.soup_epochs: {**a.params, **a.buffers}},
+                          {scale.soup_epochs: {**b.params, **b.buffers}}, data, lambdas=[0.0, 0.5, 1.0], bn=BN,
+                          vectorize=False)
+        row = rec["checkpoints"][0]
+        res["fig11"][arm] = {"accuracy": row["accuracy"], "gap": row["gap"], "ssr_ab": row["ssr_ab"]["all"],
+                             "ssr_ia": row["ssr_ia"]["all"], "ssr_ib": row["ssr_ib"]["all"]}
+    return res, t
+
+
+def bn_init_figure(key: str, ones: Trained, spec: DatasetSpec, x: Tensor, y: Tensor, data: EvalData,
+                   scale: BNScale, seed: int, out: Path) -> dict:
+    """Fig. 7 for a BN net: BN weights initialized to ones (``ones``, the Figs. 3-5 model), U(0,1) and
+    G(0,0.1); {0,1} noise on BN (s = 1) and on ALL (s = 0.2), NS and Filter-NS (1-D rule per
+    :data:`FIG7_FILTER_1D`)."""
+    res, panels = {}, {}
+    for init in BN_WEIGHT_INITS:
+        t = ones if init == "ones" else train_net(key, spec, x[:scale.train_samples], y[:scale.train_samples],
+                                                  scale.epochs, seed, bn_weight_init=init)
+        roles = parameter_roles(t.model)
+        bn_names = [n for n, g in roles.items() if g == "bn_weight"]
+        w0 = torch.cat([t.init[n].reshape(-1) for n in bn_names])
+        wf = torch.cat([t.params[n].reshape(-1) for n in bn_names])
+        res[init] = {"test_accuracy": accuracy(t, data), "positive_fraction_init": float((w0 > 0).double().mean()),
+                     "positive_fraction_final": float((wf > 0).double().mean()), "asymmetry": {}, "records": {}}
+        for group, s in FIG7_SCALES.items():
+            theta = {n: t.params[n] for n in select_parameters(t.model, group)}
+            dirs = {norm: make_directions(["binary"], theta, seed, normalization=norm,
+                                          filter_1d=FIG7_FILTER_1D[group])["binary"] for norm in ("ns", "filter")}
+            record = valley_curves(t.model, t.params, dirs, data, scales=(s,), lambdas=lambda_grid(scale.points),
+                                   buffers=t.buffers, bn=BN, vectorize=False)
+            res[init]["asymmetry"][group] = {k: c["scales"][f"{s:g}"]["asymmetry"]["error"]["asymmetry"]
+                                             for k, c in record["curves"].items()}
+            res[init]["records"][group] = record
+        panels[init] = (w0.numpy(), wf.numpy())
+    plots.plot_bn_init(panels, res, FIG7_SCALES, out / f"fig7_{key}.png",
+                       f"Fig. 7-style: {key} on CIFAR-10, BN weight initialization and valley asymmetry")
+    return res
+
+
+def run_bn_suite(args: argparse.Namespace) -> None:
+    """``--suite bn``: every net of :data:`BN_NETS` on a CIFAR-10 subset; writes ``bn/numbers.json``."""
+    total_start = time.perf_counter()
+    scale = BN_QUICK if args.quick else BN_FULL
+    out = (Path(args.out) if args.out else QUICK_OUT if args.quick else OUT) / ("bn" if args.seed == 0 else
+                                                                               f"bn-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    seed = args.seed
+    cifar = load_dataset("cifar10", args.data_dir or None)
+    spec = cifar.spec
+    perm = torch.randperm(len(cifar.train_x), generator=torch.Generator().manual_seed(seed))
+    x, y = cifar.train_x[perm], cifar.train_y[perm].long()
+    data = prepare_data(cifar.test_x, cifar.test_y, make_batch_transform(spec, train=False), x,
+                        test_samples=scale.test_samples, recal_samples=scale.recal_samples, seed=seed)
+    numbers: dict = {"seed": seed, "command": " ".join(sys.argv), "threads": args.threads, "scale": asdict(scale),
+                     "bn_policy": BN, "noise_group": "ALL", "normalization": "ns", "scale_s": 1.0,
+                     "sgd": {("bn" if k else "no_bn"): asdict(v) for k, v in BN_SGD.items()},
+                     "fig7_scales": FIG7_SCALES, "fig7_filter_1d": FIG7_FILTER_1D,
+                     "data": {"train": f"first images of a seeded permutation of the {len(x)} CIFAR-10 training "
+                                       "images (theta_f: the first train_samples; soups: the next 2 * soup_half)",
+                              "test": f"{len(data.x)} seeded CIFAR-10 test images",
+                              "recal": f"{len(data.recal_x)} training images"},
+                     "nets": {}, "seconds": {}}
+    for key in (args.nets.split(",") if args.nets else BN_NETS):
+        start = time.perf_counter()
+        numbers["nets"][key], trained = bn_net_figures(key, spec, x, y, data, scale, seed, out)
+        if key in scale.fig7_nets:
+            numbers["nets"][key]["fig7"] = bn_init_figure(key, trained, spec, x, y, data, scale, seed, out)
+        numbers["seconds"][key] = time.perf_counter() - start
+        accuracy_ = numbers["nets"][key]["test_accuracy"]
+        print(f"[{time.perf_counter() - total_start:6.0f} s] {key} done: acc {accuracy_:.3f}", flush=True)
+        write_record(out, "numbers", numbers)  # after every net: a crash keeps what was measured
+    numbers["seconds"]["total"] = time.perf_counter() - total_start
+    write_record(out, "numbers", numbers)
+    print(f"wrote {len(list(out.glob('fig*.png')))} PNGs and numbers.json to {out}")
+
+
+
+
+# ------------------------------------------------------------------------------------------ claims
+CLAIM_TEXT = {
+    "C1": "sign-consistent noise ⇒ flatter positive side (all 7 noises)",
+    "C2": "raw noises ≈ symmetric valleys",
+    "C3": "asymmetry grows with the ratio r of sign-consistent elements",
+    "C4": "special directions: θ0, θf, sign(θf), sign(θf-μ) asymmetric; sgp(θf), sgp(θf-μ) not",
+    "C5": "BN weights init ones / U(0,1) ⇒ asymmetric {0,1}-noise valley; G(0,0.1) ⇒ symmetric",
+    "C6": "interpolation: the endpoint more sign-consistent with its outward direction has the flatter outer side",
+    "C7": "soups: a pre-trained start ⇒ higher SSR-AB and a positive soup gap (random init: lower, negative)",
+    "C8": "Listing 2 (digits softmax): sign-consistent noise asymmetric, Gaussian symmetric",
+}
+COMMON = tuple(DIRECTION_SETS["common"])
+
+
+class Stat:
+    """A measured quantity over seeds (and noise draws): its mean and a noise threshold, the larger of
+    ``base`` (3 test images' worth of error) and twice its standard error over the seeds."""
+
+    def __init__(self, values, base: float):
+        self.values = [float(v) for v in np.ravel(values)]
+        self.mean = float(np.mean(self.values))
+        self.se = float(np.std(self.values, ddof=1) / np.sqrt(len(self.values))) if len(self.values) > 1 else 0.0
+        self.threshold = max(base, 2 * self.se)
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.mean:+.3f}"
+        return f"{self.mean:+.3f}±{self.se:.3f}"
+
+    @property
+    def positive(self) -> bool:
+        return self.mean > self.threshold + 1e-9  # float fuzz: a value at the threshold is noise
+
+    @property
+    def negative(self) -> bool:
+        return self.mean < -self.threshold - 1e-9
+
+
+def _joined(stats) -> str:
+    return " ".join(str(v) for v in stats)
+
+
+def _c6(runs: list[dict], base: float) -> tuple[str, str]:
+    rise1, rise2, out1, out2 = [], [], [], []
+    for f8 in runs:
+        lam, err = np.asarray(f8["lambdas"]), np.asarray(f8["error"])
+        rise1.append(err[lam < 0].mean() - err[np.argmin(np.abs(lam))])
+        rise2.append(err[lam > 1].mean() - err[np.argmin(np.abs(lam - 1))])
+        out1.append(1 - f8["ssr"]["theta1_d"]["all"])  # outward directions: -d at θ1, +d at θ2
+        out2.append(f8["ssr"]["theta2_d"]["all"])
+    diff = Stat(np.subtract(rise1, rise2), base)  # > 0: θ2's outer side is the flatter one
+    text = (f"SSR(θ1,-d) {np.mean(out1):.3f}, SSR(θ2,d) {np.mean(out2):.3f}; error rise beyond θ1 "
+            f"{np.mean(rise1):+.3f}, beyond θ2 {np.mean(rise2):+.3f} (difference {diff})")
+    if not (diff.positive or diff.negative):
+        return text, "within noise"
+    return text, "holds" if diff.positive == (np.mean(out2) > np.mean(out1)) else "contradicted"
+
+
+def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
+    """C5 per noise group (BN, ALL): (measured, verdict)."""
+    out = []
+    for group in ("BN", "ALL"):
+        stat = {(i, n): Stat([r[i]["asymmetry"][group][n] for r in runs], base)
+                for i in runs[0] for n in ("ns", "filter")}
+        text = f"noise on {group}: " + "; ".join(f"{i} NS {stat[i, 'ns']} Filter-NS {stat[i, 'filter']}"
+                                                 for i in runs[0])
+        pos = [v for (i, _), v in stat.items() if i in ("ones", "uniform")]
+        sym = [v for (i, _), v in stat.items() if i == "gaussian"]
+        verdict = ("holds" if all(v.positive for v in pos) and not any(v.positive or v.negative for v in sym)
+                   else "contradicted" if any(v.negative for v in pos) or any(v.positive for v in sym)
+                   else "within noise")
+        out.append((text, verdict))
+    return out
+
+
+def net_rows(label: str, runs: list[dict], base: float) -> list[tuple[str, str, str, str]]:
+    """C1-C7 rows of one network over its seeds (``runs``: one result dict per seed)."""
+    rows = []
+    fig3 = {k: Stat([np.mean(r["fig3"][k]) for r in runs], base) for k in runs[0]["fig3"]}
+    sc = [fig3[f"sc-{n}"] for n in COMMON]
+    v1 = "holds" if all(v.positive for v in sc) else "contradicted" if any(v.negative for v in sc) else \
+        f"within noise ({sum(v.positive for v in sc)}/7 beyond noise)"
+    rows.append(("C1", label, f"sc asym {_joined(sc)}", v1))
+    raw = [fig3[n] for n in COMMON]
+    off = [n for n, v in zip(COMMON, raw) if v.positive or v.negative]
+    rows.append(("C2", label, f"raw asym {_joined(raw)}",
+                 "holds" if not off else f"contradicted ({', '.join(off)} asymmetric)"))
+    ratios = runs[0]["fig4"]["ratios"]
+    r_asym = [Stat([r["fig4"]["error_asymmetry"][k] for r in runs], base) for k in range(len(ratios))]
+    grows = Stat([r["fig4"]["error_asymmetry"][-1] - r["fig4"]["error_asymmetry"][0] for r in runs], base)
+    rows.append(("C3", label, "r " + "/".join(f"{x:g}" for x in ratios) + f": asym {_joined(r_asym)}",
+                 "holds" if grows.positive else "contradicted" if grows.negative else "within noise"))
+    expected = {"init": True, "final": True, "sign": True, "sign-mu": True, "sgp": False, "sgp-mu": False}
+    f5 = {k: Stat([r["fig5"][k] for r in runs], base) for k in expected}
+    hits = sum(f5[k].positive if want else not (f5[k].positive or f5[k].negative) for k, want in expected.items())
+    wrong = [k for k, want in expected.items() if (want and f5[k].negative) or (not want and (f5[k].positive or
+                                                                                           f5[k].negative))]
+    rows.append(("C4", label, f"asym {_joined(f5.values())} ({hits}/6 as predicted)",
+                 "holds" if hits == 6 else f"contradicted ({', '.join(wrong)})" if wrong else "within noise"))
+    rows.append(("C6", label, *_c6([r["fig8"] for r in runs], base)))
+    if runs[0].get("fig11"):
+        arm = {(a, k): Stat([r["fig11"][a][k] for r in runs], base) for a in ("random_init", "pretrained")
+               for k in ("ssr_ab", "gap")}
+        gain = Stat([r["fig11"]["pretrained"]["gap"] - r["fig11"]["random_init"]["gap"] for r in runs], base)
+        ssr_up = np.mean([r["fig11"]["pretrained"]["ssr_ab"] > r["fig11"]["random_init"]["ssr_ab"] for r in runs])
+        verdict = ("holds" if gain.positive and arm["pretrained", "gap"].mean >= -base and ssr_up == 1
+                   else "contradicted" if gain.negative else "within noise")
+        rows.append(("C7", label, f"random init: SSR-AB {arm['random_init', 'ssr_ab'].mean:.4f}, gap "
+                                  f"{arm['random_init', 'gap']}; pre-trained: SSR-AB "
+                                  f"{arm['pretrained', 'ssr_ab'].mean:.4f}, gap {arm['pretrained', 'gap']}", verdict))
+    if runs[0].get("fig7"):
+        rows += [("C5", label, *row) for row in _fig7_rows([r["fig7"] for r in runs], base)]
+    return rows
+
+
+def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(claim, network, measured, verdict) rows from the cnn suite's numbers and the BN suite's per-seed numbers."""
+    rows: list[tuple[str, str, str, str]] = []
+    if cnn:
+        base = 3 / cnn["scale"]["test_samples"]
+        res = {"fig3": {k: [v["asymmetry"]["1"]] for k, v in cnn["fig3"]["summary"].items()},
+               "fig4": cnn["fig4"]["sweep"],
+               "fig5": {k: v["asymmetry"]["1"] for k, v in cnn["fig5"]["summary"].items()},
+               "fig8": cnn["fig8"]}
+        rows += net_rows("cnn (MNIST, no BN; 1 seed)", [res], base)
+        checkpoints = cnn["fig11"]["checkpoints"]
+        rows.append(("C7", "cnn (MNIST, no BN; 1 seed)", "random init only: " + ", ".join(
+            f"E{c['epoch']} SSR-AB {c['ssr_ab']['all']:.3f} gap {c['gap']:+.3f}" for c in checkpoints),
+            "not tested (no pre-trained arm in that run)"))
+        rows += [("C5", "resnet20 (MNIST, cnn suite, 1 seed; Filter-NS 1-D rule 'element')", *row)
+                 for row in _fig7_rows([cnn["fig7"]], 3 / cnn["scale"]["bn_test_samples"])]
+        d = cnn["fig29"]["error_asymmetry"]
+        rows.append(("C8", "softmax regression (sklearn digits, 10 draws)",
+                     f"error asym: sign-consistent {d['sign_consistent']:+.3f}, Gaussian {d['gaussian']:+.3f}",
+                     "holds" if d["sign_consistent"] > 0.02 and abs(d["gaussian"]) <= 0.02 else "contradicted"))
+    if bn_seeds:
+        base = 3 / bn_seeds[0]["scale"]["test_samples"]
+        for key in bn_seeds[0]["nets"]:
+            runs = [n["nets"][key] for n in bn_seeds if key in n["nets"]]
+            rows += net_rows(f"{key} (CIFAR-10; {len(runs)} seeds × {bn_seeds[0]['scale']['noise_seeds']} draws)",
+                             runs, base)
+    return sorted(rows, key=lambda row: row[0])
+
+
+def write_claims_table(out: Path) -> Path:
+    """``claims_table.md``: :func:`claim_rows` from ``numbers.json`` (cnn suite) and every ``bn*/numbers.json``
+    (BN suite, one per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others), and each seed's Fig. 11 PNG."""
+    import json
+
+    cnn = out / "numbers.json"
+    bn = sorted(out.glob("bn*/numbers.json"))
+    rows = claim_rows(json.loads(cnn.read_text()) if cnn.is_file() else None, [json.loads(p.read_text()) for p in bn])
+    lines = ["| claim | network | measured: error asymmetry, mean (± SE over seeds) | verdict |",
+             "|---|---|---|---|"]
+    lines += [f"| {c}: {CLAIM_TEXT[c]} | {net} | {text} | **{verdict}** |" for c, net, text, verdict in rows]
+    path = out / "claims_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    for numbers_path in bn:  # Fig. 11 of the BN suite, drawn from its numbers
+        plots.plot_soup_arms(json.loads(numbers_path.read_text())["nets"], numbers_path.parent / "fig11_soups.png",
+                             "Fig. 11-style on CIFAR-10: two halves from a random init vs from a pre-trained θf")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="cnn", choices=("cnn", "bn"),
+                        help="cnn: the MNIST cnn/resnet20 figures (default); bn: CIFAR-10, resnet20 / vgg8_bn and "
+                             "their BN-free twins")
+    parser.add_argument("--claims", action="store_true",
+                        help="only write claims_table.md from the numbers.json files in --out (no computation)")
+    parser.add_argument("--nets", default="", help=f"--suite bn: comma-separated subset of {', '.join(BN_NETS)}")
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min); default out runs/")
     parser.add_argument("--out", default="", help=f"output folder (default {OUT.relative_to(ROOT)})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default="", help="MNIST folder (default: the dataset's default)")
+    parser.add_argument("--data-dir", default="", help="MNIST (cnn suite) or CIFAR-10 (bn suite) location "
+                                                       "(default: the dataset's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--train-samples", type=int, help="cnn training images (Figs. 3-5, 8)")
     parser.add_argument("--epochs", type=int, help="cnn training epochs (Figs. 3-5, 8)")
@@ -333,8 +655,14 @@ def main() -> None:
     parser.add_argument("--points", type=int, help="λ points in [-1, 1]")
     args = parser.parse_args()
 
-    total_start = time.perf_counter()
     torch.set_num_threads(args.threads)
+    if args.claims:
+        print(f"wrote {write_claims_table(Path(args.out) if args.out else OUT)}")
+        return
+    if args.suite == "bn":
+        run_bn_suite(args)
+        return
+    total_start = time.perf_counter()
     scale = QUICK if args.quick else FULL
     overrides = {k: getattr(args, k) for k in ("train_samples", "epochs", "bn_train_samples", "soup_samples",
                                                "test_samples", "points") if getattr(args, k) is not None}

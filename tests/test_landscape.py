@@ -130,17 +130,16 @@ def test_normalizations():
     assert torch.allclose(ns["conv"] / d["conv"], ns["bias"][:1] / d["bias"][:1])  # direction unchanged
     filt = normalize(d, theta, "filter")
     assert torch.allclose(filt["conv"].flatten(1).norm(dim=1), theta["conv"].flatten(1).norm(dim=1))
-    assert torch.allclose(filt["bias"], torch.sign(d["bias"]) * theta["bias"].abs())  # the 1-D rule
+    assert torch.equal(filt["bias"], theta["bias"])  # default 1-D rule: copy theta (Li et al.)
     with pytest.raises(ValueError, match="zero direction"):
         normalize({k: torch.zeros_like(v) for k, v in theta.items()}, theta, "ns")
 
 
 def test_parameter_groups():
     model = net()
-    layer1 = select_parameters(model, "LAYER1")
-    assert layer1[:3] == ["conv1.weight", "bn1.weight", "bn1.bias"]
-    assert all(n.split(".")[0] in ("conv1", "bn1", "layer1") for n in layer1)
-    assert "layer1.2.bn2.bias" in layer1 and not any(n.startswith("layer2") for n in layer1)
+    layer1 = select_parameters(model, "LAYER1")  # the first stage after the stem conv1/bn1
+    assert layer1[0] == "layer1.0.conv1.weight" and all(n.startswith("layer1.") for n in layer1)
+    assert "layer1.2.bn2.bias" in layer1
     assert select_parameters(model, "clf") == ["classifier.weight", "classifier.bias"]
     feat = select_parameters(model, "FEAT")
     assert "classifier.weight" not in feat and len(feat) + 2 == len(list(model.parameters()))
@@ -287,7 +286,8 @@ def test_softmax_metrics_reproduce_listing2():
         P = softmax(np.dot(X, Wn.T), axis=1)
         g, H = _listing2_grad_hessian(X, Y, P)
         listing = [np.mean(np.argmax(P, axis=1) != Y), log_loss(Y, P), np.sum(np.diag(H)),
-                   np.sum(P * (1 - P), axis=1).mean(), np.sum(g * Wn),
+                   np.sum(P * (1 - P), axis=1).mean(), np.sum(g * noise),
+                   np.dot(noise.reshape(-1), np.dot(H, noise.reshape(-1))), np.sum(g * Wn),
                    np.dot(Wn.reshape(-1), np.dot(H, Wn.reshape(-1)))]
         np.testing.assert_allclose(row, listing, rtol=1e-9, atol=1e-12)
     assert np.allclose(softmax_hessian(X, P), H)
@@ -340,7 +340,8 @@ def test_digits_demo_cli_writes_the_record_and_sign_consistent_curves_are_asymme
     assert main(["landscape", "digits-demo", "--out", str(tmp_path), "--seed", "0", "--draws", "3"]) == 0
     rec = json.loads((tmp_path / "digits_demo.json").read_text())
     assert set(rec) == {"lambdas", "noises"} and len(rec["lambdas"]) == 21
-    metrics = {"error", "loss", "trace_hessian", "gini", "first_order", "second_order"}
+    metrics = {"error", "loss", "trace_hessian", "gini", "first_order_text", "second_order_text",
+               "first_order_listing", "second_order_listing"}
     assert set(rec["noises"]) == {"gaussian", "sign_consistent"}
     assert all(set(v) == metrics and all(len(x) == 21 for x in v.values()) for v in rec["noises"].values())
     sc, gauss = rec["noises"]["sign_consistent"], rec["noises"]["gaussian"]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .directions import perturb
-from .evaluate import EvalData, point_buffers
+from .evaluate import EvalData, as_eval_data, point_buffers
 
 
 def relu_states(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -49,8 +49,10 @@ def activation_confusion(
 ) -> dict:
     """Per lambda, the activation confusion matrix of ``theta + lambda * d`` against ``theta`` on the
     first ``samples`` evaluation images, and its diagonal sum."""
-    x = data.x[:samples]
-    model.to(x.device)
+    data = as_eval_data(data)
+    device = data.device_for(model)
+    model.to(device)
+    x, _ = data.head(samples, device)
     base = relu_states(model, theta, point_buffers(model, theta, data, buffers=buffers, bn=bn), x)
     matrices, diagonals = [], []
     for lam in lambdas:

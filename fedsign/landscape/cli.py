@@ -29,10 +29,10 @@ from fedsign.data import DatasetSpec
 
 from . import plots
 from .curves import interpolation, lambda_grid, ratio_sweep, valley_curves
-from .directions import DIRECTION_SETS, NORMALIZATIONS, DirectionError, make_directions
-from .evaluate import (BN_POLICIES, EvalData, Line, PolicyError, evaluate_lines, has_batch_norm, prepare_data,
-                       split_state)
-from .groups import GROUP_NAMES, GroupError, select_parameters
+from .directions import DIRECTION_SETS, FILTER_1D, NORMALIZATIONS, DirectionError, make_directions
+from .evaluate import (BN_POLICIES, DataError, EvalData, Line, NonFiniteError, PolicyError, evaluate_lines,
+                       has_batch_norm, prepare_data, split_state)
+from .groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
 from .records import curve_arrays, write_record
 
 RUN_FILES = ("config.json", "model.safetensors")
@@ -41,10 +41,10 @@ RUN_FILES = ("config.json", "model.safetensors")
 # ------------------------------------------------------------------------------------------ loading
 @dataclass
 class LoadedRun:
-    """A trained model with everything the analyses need."""
+    """A trained model with everything the analyses need (from a run directory or ``--model``)."""
 
     run_dir: Path
-    config: RunConfig
+    label: str  # "<model> on <dataset>"
     model: nn.Module
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
@@ -53,12 +53,36 @@ class LoadedRun:
     train_x: Tensor
     test_x: Tensor
     test_y: Tensor
+    config: RunConfig | None = None
+
+
+def _read_config(run_dir: Path) -> RunConfig:
+    """The run's config.json, or a one-line CLIError for a broken one."""
+    from fedsign.config import ConfigError
+
+    try:
+        return RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CLIError(f"{run_dir / 'config.json'} is not valid JSON ({err}); restore it from the run") from None
+    except (ConfigError, TypeError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CLIError(f"{run_dir / 'config.json'} is not a valid run config ({first})") from None
+
+
+def _run_state(model: nn.Module, path: Path, built: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Parameters and buffers of the weights file ``path`` for ``model`` (one-line errors; ``built`` says
+    what the model was built as)."""
+    from .weights import WeightsError, fit_weights, load_weights
+
+    try:
+        return split_state(model, fit_weights(model, load_weights(path), f"weights file {path}"))
+    except WeightsError as err:
+        raise CLIError(f"{err}{'; the model was built as ' + built if built else ''}") from None
 
 
 def load_run(path: str | Path, device: torch.device) -> LoadedRun:
     """Load a run directory (or a ``.safetensors`` file inside one) and its dataset."""
     from fedsign.data import DATASETS, load_dataset
-    from fedsign.results import load_model_state
     from fedsign.task import build_run_model
 
     path = Path(path)
@@ -67,17 +91,95 @@ def load_run(path: str | Path, device: torch.device) -> LoadedRun:
     if not (run_dir / "config.json").is_file() or not model_file.is_file():
         raise CLIError(f"{path} is not a run directory: it needs {' and '.join(RUN_FILES)} "
                        f"(written by fedsign run / simulate or fedsign landscape train)")
-    config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+    config = _read_config(run_dir)
     model = build_run_model(config)
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    built = f"{config.model} for {config.dataset} by {run_dir / 'config.json'}"
     if (run_dir / "init.safetensors").is_file():
-        init, _ = split_state(model, load_model_state(run_dir / "init.safetensors"))
-    params, buffers = split_state(model, load_model_state(model_file))
+        init, _ = _run_state(model, run_dir / "init.safetensors", built)
+    params, buffers = _run_state(model, model_file, built)
     model.load_state_dict({**params, **buffers}, strict=False)
     model.to(device)
     data = load_dataset(config.dataset, config.data_dir or None)
-    return LoadedRun(run_dir, config, model, _to_device(params, device), _to_device(buffers, device),
-                     _to_device(init, device), DATASETS[config.dataset], data.train_x, data.test_x, data.test_y)
+    return LoadedRun(run_dir, f"{config.model} on {config.dataset} ({run_dir.name})", model,
+                     _to_device(params, device), _to_device(buffers, device), _to_device(init, device),
+                     DATASETS[config.dataset], data.train_x, data.test_x, data.test_y, config)
+
+
+def build_callable(spec: str, kwargs: list[str]) -> nn.Module:
+    """``package.module:callable`` called with ``key=value`` keyword arguments (values parsed as JSON
+    where they parse: ``num_classes=10``, ``weights=null``; else strings)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise CLIError(f"--model {spec!r}: write package.module:callable, e.g. torchvision.models:resnet18")
+    options = {}
+    for item in kwargs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--model-kwargs {item!r}: write key=value, e.g. num_classes=10")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"--model {spec!r}: cannot import it ({err})") from None
+    try:
+        model = factory(**options)
+    except Exception as err:  # the user's callable: report its failure in one line
+        raise CLIError(f"--model {spec!r} with {options} failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--model {spec!r} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def load_callable(args: argparse.Namespace, device: torch.device, weights: str | None = None) -> LoadedRun:
+    """``--model`` (seeded by ``--seed``: that fresh model is theta_0), ``weights`` loaded into it, and
+    ``--dataset`` from ``--data-dir`` (ImageFolder, idx files or tarball; see ``fedsign.data``)."""
+    from fedsign.data import DATASETS, load_dataset, make_batch_transform
+
+    if not args.dataset:
+        raise CLIError(f"--model needs --dataset (one of {', '.join(DATASETS)}) and, for files, --data-dir")
+    if args.dataset not in DATASETS:
+        raise CLIError(f"unknown --dataset {args.dataset!r}; use one of {', '.join(DATASETS)}")
+    torch.manual_seed(args.seed)
+    model = build_callable(args.model, args.model_kwargs)
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params, buffers = split_state(model, {**dict(model.named_parameters()), **dict(model.named_buffers())})
+    if weights:
+        params, buffers = _run_state(model, Path(weights))
+        model.load_state_dict({**params, **buffers}, strict=False)
+    data = load_dataset(args.dataset, args.data_dir or None)
+    spec = DATASETS[args.dataset]
+    model.eval()
+    with torch.no_grad():
+        try:
+            width = model(make_batch_transform(spec, train=False)(data.test_x[:2], None)).shape[-1]
+        except Exception as err:
+            shape = f"[{spec.channels}, {spec.image_size}, {spec.image_size}]"
+            raise CLIError(f"--model {args.model} cannot take {args.dataset} images {shape}: "
+                           f"{str(err).splitlines()[0]}") from None
+    if width != spec.num_classes:
+        raise CLIError(f"--model {args.model} outputs {width} classes but {args.dataset} has {spec.num_classes}; "
+                       f"pass --model-kwargs num_classes={spec.num_classes} (or the model's own option)")
+    model.to(device)
+    name = Path(weights).name if weights else "its initialization"
+    return LoadedRun(Path(weights).parent if weights else Path("."), f"{args.model} ({name}) on {args.dataset}",
+                     model, _to_device({n: t.detach() for n, t in params.items()}, device),
+                     _to_device({n: t.detach() for n, t in buffers.items()}, device), _to_device(init, device),
+                     spec, data.train_x, data.test_x, data.test_y)
+
+
+def load_target(args: argparse.Namespace, path: str | None, device: torch.device) -> LoadedRun:
+    """A run directory (or a model file in one), or with ``--model`` a weights file (``path`` or ``--weights``)."""
+    if getattr(args, "model", ""):
+        return load_callable(args, device, path or args.weights)
+    if not path:
+        raise CLIError("give a run directory, or --model package.module:callable with --weights and --dataset")
+    return load_run(path, device)
 
 
 def _to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -106,12 +208,14 @@ def _device(args: argparse.Namespace) -> torch.device:
         raise CLIError(str(err)) from None
 
 
-def _out_dir(args: argparse.Namespace, run_path: str | Path) -> Path:
-    """``--out``, else ``<run dir>/landscape``."""
+def _out_dir(args: argparse.Namespace, run_path: str | Path | None) -> Path:
+    """``--out``, else ``<run dir>/landscape`` (``<weights folder>/landscape`` with ``--model``)."""
     if args.out:
         return Path(args.out)
-    path = Path(run_path)
-    return (path.parent if path.suffix == ".safetensors" else path) / "landscape"
+    if not run_path and not getattr(args, "weights", ""):
+        raise CLIError("--model without a weights file: give --out")
+    path = Path(run_path or args.weights)
+    return (path.parent if path.is_file() else path) / "landscape"
 
 
 def _floats(text: str) -> list[float]:
@@ -148,11 +252,14 @@ def _errors_as_cli(func: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     """Report the package's input errors as one-line ``CLIError`` s."""
     from fedsign.models import ModelConfigError
 
+    from .weights import WeightsError
+
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (DirectionError, GroupError, PolicyError, ModelConfigError) as err:
+        except (DirectionError, GroupError, PolicyError, ModelConfigError, DataError, NonFiniteError,
+                WeightsError) as err:
             raise CLIError(str(err)) from None
 
     return run
@@ -187,8 +294,7 @@ def _direction_rows(spec: str) -> list[list[str]]:
 
 def _title(run: LoadedRun, args: argparse.Namespace) -> str:
     bn = f"BN {args.bn}" if has_batch_norm(run.model) else "no BN"
-    return (f"{run.config.model} on {run.config.dataset} ({run.run_dir.name}), group {args.group}, "
-            f"{args.norm.upper()} noise, {bn}")
+    return f"{run.label}, group {args.group}, {args.norm.upper()} noise, {bn}"
 
 
 def _training_config(args: argparse.Namespace, out_dir: str, epochs: int) -> RunConfig:
@@ -246,13 +352,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_curves(args: argparse.Namespace) -> int:
     """Figs. 3, 5-7, 9: valleys along named directions for several scales."""
     device = _device(args)
-    run = load_run(args.run, device)
+    run = load_target(args, args.run, device)
     data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group)
+    names = select_parameters(run.model, args.group, args.clf)
     rows = _direction_rows(args.directions)
     theta = {n: run.params[n] for n in names}
     directions = make_directions([d for row in rows for d in row], theta, args.seed, normalization=args.norm,
-                                 theta0={n: run.init[n] for n in names})
+                                 filter_1d=args.filter_1d, theta0={n: run.init[n] for n in names})
     record = valley_curves(run.model, run.params, directions, data, scales=args.scales,
                            lambdas=lambda_grid(args.points), buffers=run.buffers, **_evaluation(args, device))
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group,
@@ -280,12 +386,12 @@ def _print_timing(t: dict) -> None:
 def cmd_ratio(args: argparse.Namespace) -> int:
     """Fig. 4: mean error over the positive / negative side against the sign-consistency ratio r."""
     device = _device(args)
-    run = load_run(args.run, device)
+    run = load_target(args, args.run, device)
     data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group)
+    names = select_parameters(run.model, args.group, args.clf)
     record = ratio_sweep(run.model, run.params, names, data, ratios=args.ratios, scale=args.scale,
-                         lambdas=lambda_grid(args.points), normalization=args.norm, seed=args.seed,
-                         buffers=run.buffers, **_evaluation(args, device))
+                         lambdas=lambda_grid(args.points), normalization=args.norm, filter_1d=args.filter_1d,
+                         seed=args.seed, buffers=run.buffers, **_evaluation(args, device))
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group, **record}
     out = _out_dir(args, args.run)
     paths = write_record(out, args.name, record, {k: np.asarray(v) for k, v in record["sweep"].items()})
@@ -301,17 +407,15 @@ def cmd_ratio(args: argparse.Namespace) -> int:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     """Fig. 8: interpolation of two models, per-group statistics and sign consistency with d."""
-    from fedsign.models import parameter_groups
-
     device = _device(args)
-    run1, run2 = load_run(args.run1, device), load_run(args.run2, device)
-    for key in ("model", "dataset"):
+    run1, run2 = load_target(args, args.run1, device), load_target(args, args.run2, device)
+    for key in ("model", "dataset") if run1.config and run2.config else ():
         if getattr(run1.config, key) != getattr(run2.config, key):
             raise CLIError(f"the two runs differ in {key}: {getattr(run1.config, key)} vs {getattr(run2.config, key)}")
     if list(run1.params) != list(run2.params):
         raise CLIError("the two models have different parameters (e.g. one has a MOON head); cannot interpolate")
     data = eval_data(run1, args, device)
-    record = interpolation(run1.model, run1.params, run2.params, data, groups=parameter_groups(run1.model),
+    record = interpolation(run1.model, run1.params, run2.params, data, groups=parameter_roles(run1.model, args.clf),
                            buffers1=run1.buffers, buffers2=run2.buffers,
                            lambdas=lambda_grid(args.points, -1.0, 2.0), **_evaluation(args, device))
     record = {"seed": args.seed, "config": _config(args), "runs": [str(args.run1), str(args.run2)], **record}
@@ -333,7 +437,6 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_soups(args: argparse.Namespace) -> int:
     """Fig. 11: two models from one initialization on the two halves of the data, with checkpoints."""
     from fedsign.data import load_dataset, make_batch_transform
-    from fedsign.models import parameter_groups
     from fedsign.results import RunResults
     from fedsign.training import TrainSettings, derive_seed
 
@@ -342,11 +445,15 @@ def cmd_soups(args: argparse.Namespace) -> int:
 
     device = _device(args)
     config = _training_config(args, args.out, max(args.epochs))
+    data = load_dataset(config.dataset, config.data_dir or None)
+    model = build_variant_model(config.model, data.spec, args.bn_weight_init, seed=args.seed)
+    if args.init:  # a given start (e.g. pre-trained) instead of the seeded initialization; checked before writing
+        params, buffers = _run_state(model, Path(args.init))
+        model.load_state_dict({**params, **buffers}, strict=False)
     results = RunResults.create(config.out_dir)
     results.write_config(config.to_dict())
-    data = load_dataset(config.dataset, config.data_dir or None)
     x, y = _subset(data.train_x, data.train_y, args.train_samples, args.seed)
-    model = build_variant_model(config.model, data.spec, args.bn_weight_init, seed=args.seed).to(device)
+    model.to(device)
     init = float_state(model)
     settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                              weight_decay=args.weight_decay)
@@ -363,9 +470,10 @@ def cmd_soups(args: argparse.Namespace) -> int:
                               test_samples=args.test_samples, recal_samples=args.recal_samples,
                               batch_size=args.eval_batch, seed=args.seed, device=device)
     record = soup_record(model, init, checkpoints["A"], checkpoints["B"], evaluation,
-                         groups=parameter_groups(model), lambdas=lambda_grid(args.points, 0.0, 1.0),
+                         groups=parameter_roles(model, args.clf), lambdas=lambda_grid(args.points, 0.0, 1.0),
                          **_evaluation(args, device))
-    record = {"seed": args.seed, "config": _config(args), "train_seconds": seconds, **record}
+    start_model = f"weights file {args.init}" if args.init else f"seeded initialization (seed {args.seed})"
+    record = {"seed": args.seed, "config": _config(args), "start": start_model, "train_seconds": seconds, **record}
     paths += write_record(config.out_dir, args.name, record)
     paths.append(plots.plot_soups(record, Path(config.out_dir) / f"{args.name}.png",
                                   f"{config.model} on {config.dataset}, two halves of {len(x)} images"))
@@ -399,6 +507,81 @@ def cmd_digits_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssr_rows(run_dir: Path) -> list[dict]:
+    """Per round of metrics.csv: the clients' mean SSR with the global model they received (``ssr_clients``)."""
+    from fedsign.results import read_metrics
+
+    if not (run_dir / "metrics.csv").is_file():
+        raise CLIError(f"{run_dir} has no metrics.csv: is it a finished FL run (fedsign run / simulate)?")
+    try:
+        rows = read_metrics(run_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise CLIError(f"{run_dir / 'metrics.csv'} cannot be read ({err})") from None
+    return [{"round": r["round"], "ssr_clients": r.get("ssr_clients"), "accuracy": r.get("accuracy")}
+            for r in rows if r.get("round") is not None]
+
+
+def cmd_fl(args: argparse.Namespace) -> int:
+    """The valleys of FL runs' global models side by side: 7 raw and 7 sign-consistent noises, the
+    interpolation from the initial to the final global model, and the clients' per-round SSR."""
+    from .directions import DIRECTION_SETS as SETS
+
+    device = _device(args)
+    runs = [load_run(path, device) for path in args.runs]  # every run loads (and fails) before any work
+    ssr = [_ssr_rows(run.run_dir) for run in runs]
+    names = list(SETS["common"]) + list(SETS["common-sc"])
+    record: dict = {"seed": args.seed, "config": _config(args), "runs": []}
+    for run, rows in zip(runs, ssr):
+        data = eval_data(run, args, device)
+        params = select_parameters(run.model, args.group, args.clf)
+        theta = {n: run.params[n] for n in params}
+        saved = (run.run_dir / "init.safetensors").is_file()
+        first = ("init.safetensors (saved initial global model)" if saved else
+                 f"initial global model rebuilt from config.json (seed {run.config.seed})")
+        dirs = make_directions(names, theta, args.seed, normalization=args.norm, filter_1d=args.filter_1d)
+        valleys = valley_curves(run.model, run.params, dirs, data, scales=(args.scale,),
+                                lambdas=lambda_grid(args.points), buffers=run.buffers, **_evaluation(args, device))
+        interp = interpolation(run.model, run.init, run.params, data, groups=parameter_roles(run.model, args.clf),
+                               lambdas=lambda_grid(args.interp_points, -0.5, 1.5), **_evaluation(args, device))
+        record["runs"].append({
+            "run": str(run.run_dir), "label": f"{run.config.strategy} · {run.config.model} on {run.config.dataset} "
+                                              f"(seed {run.config.seed}, {run.config.num_rounds} rounds)",
+            "first_model": first, "group": args.group, "valleys": valleys, "interpolation": interp,
+            "ssr_clients": rows})
+    out = Path(args.out)
+    paths = write_record(out, args.name, record)
+    paths.append(plots.plot_fl_valleys(record, out / f"{args.name}.png"))
+    print(f"{'run':<40} {'raw asym':>9} {'sc asym':>9} {'err θ0':>7} {'err θT':>7} {'SSR last':>8}  θ0")
+    for r in record["runs"]:
+        curves = r["valleys"]["curves"]
+        key = f"{args.scale:g}"
+        raw = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common"]])
+        sc = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common-sc"]])
+        lam = np.asarray(r["interpolation"]["lambdas"])
+        err = r["interpolation"]["error"]
+        last = next((row["ssr_clients"] for row in reversed(r["ssr_clients"]) if row["ssr_clients"] is not None),
+                    float("nan"))
+        print(f"{Path(r['run']).name[:40]:<40} {raw:+9.4f} {sc:+9.4f} {err[int(np.argmin(np.abs(lam)))]:7.4f} "
+              f"{err[int(np.argmin(np.abs(lam - 1)))]:7.4f} {last:8.4f}  {r['first_model']}")
+    _print_written(paths)
+    return 0
+
+
+def cmd_digits_pattern(args: argparse.Namespace) -> int:
+    """Fig. 10: the digits softmax weight of one class as w + λ·sign(w)."""
+    from .theory import digits_softmax, weight_patterns
+
+    W, X, Y = digits_softmax()
+    record = {"seed": args.seed, "config": _config(args), **weight_patterns(W, X, Y, args.cls, args.lambdas)}
+    out = Path(args.out)
+    paths = write_record(out, "digits_pattern", record)
+    paths.append(plots.plot_weight_patterns(record, out / "digits_pattern.png"))
+    for lam, corr in zip(record["lambdas"], record["correlation"]):
+        print(f"λ={lam:+.2f}: correlation with the mean digit {args.cls} {corr:+.3f}")
+    _print_written(paths)
+    return 0
+
+
 def cmd_relu_sim(args: argparse.Namespace) -> int:
     """Listing 1 / Fig. 27: the distribution of (w + λ sign(w))^T h."""
     from .theory import relu_simulation, relu_summary
@@ -417,12 +600,12 @@ def cmd_relu_sim(args: argparse.Namespace) -> int:
 def _run_data_direction(args: argparse.Namespace):
     """The run, its evaluation data and ``args.direction`` over ``args.group`` (normalized)."""
     device = _device(args)
-    run = load_run(args.run, device)
+    run = load_target(args, args.run, device)
     data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group)
+    names = select_parameters(run.model, args.group, args.clf)
     theta = {n: run.params[n] for n in names}
     direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
-                                theta0={n: run.init[n] for n in names})[args.direction]
+                                filter_1d=args.filter_1d, theta0={n: run.init[n] for n in names})[args.direction]
     return run, data, direction
 
 
@@ -464,11 +647,12 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Points per second of the vmap and loop evaluators on the same points, and their agreement."""
     device = _device(args)
-    run = load_run(args.run, device)
+    run = load_target(args, args.run, device)
     data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group)
+    names = select_parameters(run.model, args.group, args.clf)
     theta = {n: run.params[n] for n in names}
-    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm)[args.direction]
+    direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
+                                filter_1d=args.filter_1d)[args.direction]
     line = [Line(run.params, direction, lambda_grid(args.points).tolist(), run.buffers)]
     modes = {"vmap": dict(vectorize=True), "loop": dict(vectorize=False)}
     if args.bf16:
@@ -504,8 +688,14 @@ def _add_common(p: argparse.ArgumentParser, name: str, out_required: bool = Fals
 def _add_eval(p: argparse.ArgumentParser, group: str = "ALL") -> None:
     p.add_argument("--group", default=group,
                    help=f"parameters that get noise: {', '.join(GROUP_NAMES)} or a name regex (default {group})")
+    p.add_argument("--clf", default="",
+                   help="the classifier (CLF, and so FEAT): a module name or a parameter-name regex "
+                        "(default: the last nn.Linear)")
     p.add_argument("--norm", default="ns", choices=NORMALIZATIONS,
                    help="ns: ||θ||·d/||d|| (default); filter: Filter-NS; none: raw")
+    p.add_argument("--filter-1d", default="copy", choices=FILTER_1D,
+                   help="Filter-NS on 1-D tensors: copy θ (default, Li et al.'s plot_surface.py), zero "
+                        "(their ignore='biasbn'), element (sign(d)·|θ| per element)")
     p.add_argument("--bn", default="recalibrate", choices=BN_POLICIES, help="BN statistics at each point")
     p.add_argument("--test-samples", type=int, default=0, help="test images evaluated (0 = all)")
     p.add_argument("--recal-samples", type=int, default=2048, help="training images for BN recalibration")
@@ -515,6 +705,19 @@ def _add_eval(p: argparse.ArgumentParser, group: str = "ALL") -> None:
                    help="vmap: points batched by torch.func.vmap; loop: point by point; auto (default): "
                         "vmap on a GPU, loop on a CPU (faster there; see the bench command)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast forward passes")
+
+
+def _add_model_source(p: argparse.ArgumentParser, files: str = "run") -> None:
+    """``--model package.module:callable`` (+ kwargs, weights, dataset) as an alternative to run folders."""
+    p.add_argument("--model", default="", help="instead of a run directory: package.module:callable building the "
+                                              "model, e.g. torchvision.models:resnet18")
+    p.add_argument("--model-kwargs", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument of --model (repeatable; values parsed as JSON), e.g. num_classes=10")
+    if files == "run":
+        p.add_argument("--weights", default="", help="with --model: a .safetensors or .pt weights file "
+                                                     "(.pt read with torch.load(weights_only=True))")
+    p.add_argument("--dataset", default="", help="with --model: the dataset to evaluate on (e.g. cifar10, mnist)")
+    p.add_argument("--data-dir", default="", help="with --model: its ImageFolder / idx / tarball location")
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
@@ -552,7 +755,8 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
 
     p = command("curves", cmd_curves, "valleys θf + λ·s·d along directions (Figs. 3, 5-7, 9)")
-    p.add_argument("run", help="run directory or a .safetensors file in one")
+    p.add_argument("run", nargs="?", help="run directory or a .safetensors file in one (or use --model)")
+    _add_model_source(p)
     p.add_argument("--directions", default="common,common-sc",
                    help=f"comma-separated names or sets ({', '.join(DIRECTION_SETS)}); default common,common-sc")
     p.add_argument("--scales", type=_floats, default=[0.2, 1.0, 2.0], help="scales s (default 0.2,1,2)")
@@ -561,7 +765,8 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
     _add_eval(p)
 
     p = command("ratio", cmd_ratio, "ratio-r sweep of sign-consistent elements (Fig. 4)")
-    p.add_argument("run")
+    p.add_argument("run", nargs="?")
+    _add_model_source(p)
     p.add_argument("--ratios", type=_floats, default=_floats("0:1:0.1"), help="ratios r (default 0:1:0.1)")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--points", type=int, default=21)
@@ -569,8 +774,9 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
     _add_eval(p)
 
     p = command("interpolate", cmd_interpolate, "(1-λ)θ1 + λθ2 with group statistics and SSR (Fig. 8)")
-    p.add_argument("run1")
+    p.add_argument("run1", help="run directory or model file; with --model a weights file")
     p.add_argument("run2")
+    _add_model_source(p, files="positional")
     p.add_argument("--points", type=int, default=31, help="λ points in [-1, 2] (default 31)")
     _add_common(p, "interpolation")
     _add_eval(p)
@@ -578,8 +784,19 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
     p = command("soups", cmd_soups, "model soups: two halves, one initialization, checkpoints (Fig. 11)")
     _add_training(p)
     p.add_argument("--epochs", type=_ints, default=[1, 2, 3, 5], help="checkpoint epochs (default 1,2,3,5)")
+    p.add_argument("--init", default="", help="start both halves from this weights file (.safetensors / .pt), "
+                                              "e.g. a model pre-trained elsewhere (default: the seeded init)")
     p.add_argument("--points", type=int, default=11, help="λ points in [0, 1] (default 11)")
     _add_common(p, "soups", out_required=True)
+    _add_eval(p)
+
+    p = command("fl", cmd_fl, "FL runs side by side: global-model valleys (7 raw + 7 sign-consistent noises), "
+                              "initial-to-final interpolation, per-round client SSR")
+    p.add_argument("runs", nargs="+", help="finished FL run directories (config.json, model.safetensors, metrics.csv)")
+    p.add_argument("--scale", type=float, default=1.0, help="scale s of the valleys (default 1)")
+    p.add_argument("--points", type=int, default=11, help="λ points in [-1, 1] (default 11)")
+    p.add_argument("--interp-points", type=int, default=9, help="λ points in [-0.5, 1.5] (default 9)")
+    _add_common(p, "fl_valleys", out_required=True)
     _add_eval(p)
 
     p = command("digits-demo", cmd_digits_demo, "Listing 2 / Fig. 29: softmax regression on sklearn digits")
@@ -587,6 +804,12 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--draws", type=int, default=10, help="noise draws averaged (default 10)")
     p.add_argument("--points", type=int, default=21, help="λ points in [-1, 1] (default 21)")
+
+    p = command("digits-pattern", cmd_digits_pattern, "Fig. 10: a digits softmax weight as w + λ·sign(w)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="recorded only: the fit is deterministic")
+    p.add_argument("--cls", type=int, default=0, choices=range(10), help="the digit class (default 0)")
+    p.add_argument("--lambdas", type=_floats, default=_floats("-1:1:0.5"), help="λ values (default -1:1:0.5)")
 
     p = command("relu-sim", cmd_relu_sim, "Listing 1 / Fig. 27: ReLU pre-activation simulation")
     p.add_argument("--out", required=True)
@@ -599,7 +822,8 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
             ("hessian", cmd_hessian, "Hutchinson Hessian trace along a direction", "CLF", "-1:1:0.5",
              (("--probes", 16, "Rademacher probes per point"),))):
         p = command(name, func, help_text)
-        p.add_argument("run")
+        p.add_argument("run", nargs="?")
+        _add_model_source(p)
         p.add_argument("--direction", default="sc-gauss", help="one direction name (default sc-gauss)")
         p.add_argument("--lambdas", type=_floats, default=_floats(lambdas), help=f"λ values (default {lambdas})")
         p.add_argument("--samples", type=int, default=256 if name == "activations" else 512,
@@ -610,7 +834,8 @@ def add_landscape_parser(sub: argparse._SubParsersAction) -> None:
         _add_eval(p, group)
 
     p = command("bench", cmd_bench, "points/second of vmap vs loop evaluation on the same points")
-    p.add_argument("run")
+    p.add_argument("run", nargs="?")
+    _add_model_source(p)
     p.add_argument("--direction", default="sc-gauss")
     p.add_argument("--points", type=int, default=16)
     _add_common(p, "bench")

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from .directions import difference, direction_label, make_directions
-from .evaluate import EvalData, Evaluation, Line, evaluate_lines
+from .evaluate import Data, Evaluation, Line, evaluate_lines
+from .groups import parameter_roles
 from .signs import sign_consistency
 
 Params = dict[str, Tensor]
@@ -51,7 +52,7 @@ def valley_curves(
     model: nn.Module,
     theta: Mapping[str, Tensor],
     directions: Mapping[str, Mapping[str, Tensor]],
-    data: EvalData,
+    data: Data,
     *,
     scales: Sequence[float] = (0.2, 1.0, 2.0),
     lambdas: Sequence[float] | None = None,
@@ -87,12 +88,13 @@ def ratio_sweep(
     model: nn.Module,
     theta: Mapping[str, Tensor],
     names: Sequence[str],
-    data: EvalData,
+    data: Data,
     *,
     ratios: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)),
     scale: float = 1.0,
     lambdas: Sequence[float] | None = None,
     normalization: str = "ns",
+    filter_1d: str = "copy",
     seed: int = 0,
     **evaluation,
 ) -> dict:
@@ -102,7 +104,8 @@ def ratio_sweep(
     ``names`` are the perturbed parameters; ``evaluation`` goes to :func:`valley_curves`.
     """
     selected = {n: theta[n] for n in names}
-    directions = make_directions([f"ratio-{r:g}" for r in ratios], selected, seed, normalization=normalization)
+    directions = make_directions([f"ratio-{r:g}" for r in ratios], selected, seed, normalization=normalization,
+                                 filter_1d=filter_1d)
     record = valley_curves(model, theta, directions, data, scales=(scale,), lambdas=lambdas, **evaluation)
     key = f"{scale:g}"
     sweep = {"ratios": [float(r) for r in ratios],
@@ -132,9 +135,9 @@ def interpolation(
     model: nn.Module,
     theta1: Mapping[str, Tensor],
     theta2: Mapping[str, Tensor],
-    data: EvalData,
+    data: Data,
     *,
-    groups: Mapping[str, str],
+    groups: Mapping[str, str] | None = None,
     buffers1: Mapping[str, Tensor] | None = None,
     buffers2: Mapping[str, Tensor] | None = None,
     lambdas: Sequence[float] | None = None,
@@ -146,7 +149,9 @@ def interpolation(
     """Fig. 8: error/loss of ``(1 - lambda) theta1 + lambda theta2`` (default 31 points in [-1, 2]),
     per-group mean/std of both models, and the sign consistency (per group) of theta1 with theta2
     and of each model with ``d = theta2 - theta1``. ``stale`` interpolates the running statistics too.
+    ``groups`` maps names to group labels (default :func:`~fedsign.landscape.groups.parameter_roles`).
     """
+    groups = parameter_roles(model) if groups is None else groups
     lambdas = lambda_grid(31, -1.0, 2.0) if lambdas is None else np.asarray(lambdas, float)
     d = difference(theta2, theta1)
     buffer_direction = difference(buffers2, buffers1) if buffers1 is not None and buffers2 is not None else None

@@ -120,16 +120,25 @@ def global_norm(tensors: Mapping[str, Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
 
-def normalize(direction: Mapping[str, Tensor], theta: Mapping[str, Tensor], mode: str = "ns") -> Params:
+FILTER_1D = ("copy", "zero", "element")
+
+
+def normalize(direction: Mapping[str, Tensor], theta: Mapping[str, Tensor], mode: str = "ns",
+              filter_1d: str = "copy") -> Params:
     """Scale ``direction`` to the converged model ``theta``.
 
     * ``"ns"`` (norm-scaled, the paper's default): ``d / ||d|| * ||theta||``, Frobenius norms over
       all selected parameters together; the direction itself is unchanged.
-    * ``"filter"`` (Filter-NS, Li et al. 2018): every tensor is split along its first dimension and
-      each slice ("filter") gets the norm of theta's slice. Rule for 1-D tensors (biases, BN weights
-      and biases): each element is its own filter, so ``d_i -> sign(d_i) * |theta_i|``, the
-      per-parameter scaling that adaptive sharpness (Kwon et al. 2021) uses outside filters.
-      A zero slice of ``d`` stays zero.
+    * ``"filter"`` (Filter-NS, Li et al. 2018): every tensor of 2 or more dimensions is split along its
+      first dimension and each slice ("filter") gets the norm of theta's slice (a zero slice of ``d``
+      stays zero). 1-D (and 0-D) tensors -- biases, BN weights and biases -- follow ``filter_1d``:
+
+      - ``"copy"`` (default): ``d = theta``, what Li et al.'s ``normalize_directions_for_weights``
+        does unless told to ignore them, and so the default of their ``plot_surface.py``
+        (``--xignore ''``), the reference the paper cites for Filter-NS;
+      - ``"zero"``: ``d = 0``, their ``ignore='biasbn'`` (1-D tensors get no noise);
+      - ``"element"``: each element is its own filter, ``d_i -> sign(d_i) * |theta_i|`` (keeps only the
+        sign of the draw; this package's rule before the two reference modes were added).
     * ``"none"``: the raw direction.
     """
     if mode == "none":
@@ -141,11 +150,19 @@ def normalize(direction: Mapping[str, Tensor], theta: Mapping[str, Tensor], mode
         factor = global_norm({n: theta[n] for n in direction}) / d_norm
         return {n: d * factor for n, d in direction.items()}
     if mode == "filter":
+        if filter_1d not in FILTER_1D:
+            raise DirectionError(f"unknown Filter-NS 1-D rule {filter_1d!r}; use one of {', '.join(FILTER_1D)}")
         out = {}
         for n, d in direction.items():
             t = theta[n].detach()
-            if d.dim() == 0:
-                d, t = d.reshape(1), t.reshape(1)
+            if d.dim() <= 1 and filter_1d == "copy":
+                out[n] = t.clone().reshape(d.shape)
+                continue
+            if d.dim() <= 1 and filter_1d == "zero":
+                out[n] = torch.zeros_like(d)
+                continue
+            if d.dim() <= 1:  # "element": one filter per element
+                d, t = d.reshape(-1, 1), t.reshape(-1, 1)
             flat_d, flat_t = d.reshape(d.shape[0], -1), t.reshape(t.shape[0], -1)
             d_norms = flat_d.norm(dim=1, keepdim=True)
             scale = torch.where(d_norms > 0, flat_t.norm(dim=1, keepdim=True) / d_norms.clamp_min(1e-30), 0.0)
@@ -203,7 +220,9 @@ def make_directions(
     *,
     normalization: str = "ns",
     theta0: Mapping[str, Tensor] | None = None,
+    filter_1d: str = "copy",
 ) -> dict[str, Params]:
-    """Normalized directions by name over the names of ``theta`` (see :func:`direction_seed`)."""
+    """Normalized directions by name over the names of ``theta`` (see :func:`direction_seed`;
+    ``filter_1d``: :func:`normalize`'s rule for 1-D tensors under Filter-NS)."""
     return {name: normalize(make_direction(name, theta, torch.Generator().manual_seed(direction_seed(name, seed)),
-                                           theta0), theta, normalization) for name in names}
+                                           theta0), theta, normalization, filter_1d) for name in names}

@@ -19,6 +19,13 @@ BN policies, applied at every point (endpoints included):
   (train-mode BN with momentum 0), so results depend on ``data.batch_size``.
 
 A model without BN has no statistics: every policy then runs as ``stale`` (and needs no ``recal_x``).
+
+Data: an :class:`EvalData` (whole transformed tensors, the platform's route), or anything
+:func:`as_eval_data` turns into a :class:`LoaderData` -- a ``DataLoader`` or ``Dataset`` yielding
+``(x, y, ...)``, or an ``(x, y)`` pair of tensors -- evaluated batch by batch on the model's device.
+Recalibration then reads the inputs of ``recal`` (default: the data itself; the paper recalibrates
+on training images, so pass those). Loaders are iterated once per chunk of points: keep them
+deterministic (no shuffling, no random augmentation) so every point sees the same images.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.utils.data import DataLoader, Dataset
 
 from fedsign.training import BatchTransform
 
@@ -45,6 +53,14 @@ class PolicyError(ValueError):
     """An unknown BN policy, or recalibration without recalibration data."""
 
 
+class DataError(ValueError):
+    """Evaluation data of an unsupported kind or batch layout."""
+
+
+class NonFiniteError(ValueError):
+    """A model (or direction) with NaN or infinite parameters."""
+
+
 @dataclass(frozen=True)
 class EvalData:
     """Transformed float inputs: ``x``/``y`` to evaluate on, ``recal_x`` for BN recalibration."""
@@ -53,6 +69,114 @@ class EvalData:
     y: Tensor
     recal_x: Tensor | None = None
     batch_size: int = 256
+
+    @property
+    def has_recal(self) -> bool:
+        return self.recal_x is not None
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        return self.x.device
+
+    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.x), self.batch_size):
+            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+
+    def recal_batches(self, device: torch.device) -> Iterator[Tensor]:
+        yield from self.recal_x.split(self.batch_size)
+
+    def head(self, samples: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The first ``samples`` evaluation examples (for Hessian and activation analyses)."""
+        return self.x[:samples], self.y[:samples]
+
+
+def _inputs(batch: Any) -> Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _pair(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], torch.as_tensor(batch[1])
+    raise DataError(f"an evaluation batch must be (inputs, labels, ...), got {type(batch).__name__}")
+
+
+@dataclass(frozen=True)
+class LoaderData:
+    """Evaluation data as iterables of batches: ``loader`` yields ``(x, y, ...)``, ``recal`` yields
+    ``x`` or ``(x, ...)`` (None: no recalibration data). ``device``: where batches go (None: the
+    model's device)."""
+
+    loader: Iterable
+    recal: Iterable | None = None
+    device: torch.device | str | None = None
+
+    @property
+    def has_recal(self) -> bool:
+        return self.recal is not None
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        for batch in self.loader:
+            x, y = _pair(batch)
+            yield x.to(device), y.long().to(device)
+
+    def recal_batches(self, device: torch.device) -> Iterator[Tensor]:
+        for batch in self.recal:
+            yield _inputs(batch).to(device)
+
+    def head(self, samples: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        xs, ys, seen = [], [], 0
+        for x, y in self.batches(device):
+            xs.append(x)
+            ys.append(y)
+            seen += len(x)
+            if seen >= samples:
+                break
+        if not xs:
+            raise DataError("the evaluation data is empty")
+        return torch.cat(xs)[:samples], torch.cat(ys)[:samples]
+
+
+def _as_loader(data: Any, batch_size: int) -> Iterable:
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    if isinstance(data, Tensor):
+        return data.split(batch_size)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return list(zip(data[0].split(batch_size), data[1].split(batch_size)))
+    raise DataError(f"unsupported evaluation data {type(data).__name__}: pass an EvalData, a DataLoader, "
+                    "a Dataset or an (inputs, labels) pair of tensors")
+
+
+def as_eval_data(data: Any, recal: Any = None, *, batch_size: int = 256,
+                 device: torch.device | str | None = None) -> EvalData | LoaderData:
+    """``data`` as evaluation data: an :class:`EvalData` / :class:`LoaderData` unchanged; a ``DataLoader``,
+    a ``Dataset`` (batches of ``batch_size``, in order) or an ``(x, y)`` tensor pair as a
+    :class:`LoaderData` whose BN recalibration reads ``recal`` (a loader, dataset or input tensor), by
+    default the data itself."""
+    if isinstance(data, (EvalData, LoaderData)):
+        return data
+    loader = _as_loader(data, batch_size)
+    recal_loader = loader if recal is None else _as_loader(recal, batch_size)
+    return LoaderData(loader, recal_loader, device)
+
+
+Data = EvalData | LoaderData | DataLoader | Dataset | tuple
+
+
+def check_finite(params: Mapping[str, Tensor], what: str = "model") -> None:
+    """Raise :class:`NonFiniteError` when a tensor of ``params`` holds NaN or Inf."""
+    for name, t in params.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(f"the {what} has {bad} non-finite values in {name!r} (NaN/Inf: a diverged "
+                                 "run or a corrupt file); landscape analyses need a finite model")
 
 
 def _subset(n: int, limit: int, generator: torch.Generator) -> Tensor:
@@ -166,14 +290,14 @@ def has_batch_norm(model: nn.Module) -> bool:
     return bool(_bn_modules(model))
 
 
-def _check_policy(model: nn.Module, bn: str, data: EvalData) -> str:
+def _check_policy(model: nn.Module, bn: str, data: EvalData | LoaderData) -> str:
     """The policy to run: a model without BN has no statistics, so every policy is ``stale``."""
     if bn not in BN_POLICIES:
         raise PolicyError(f"unknown BN policy {bn!r}; use one of {', '.join(BN_POLICIES)}")
     if not has_batch_norm(model):
         return "stale"
-    if bn == "recalibrate" and data.recal_x is None:
-        raise PolicyError("BN policy 'recalibrate' needs recalibration images (EvalData.recal_x)")
+    if bn == "recalibrate" and not data.has_recal:
+        raise PolicyError("BN policy 'recalibrate' needs recalibration images (EvalData.recal_x or a recal loader)")
     return bn
 
 
@@ -227,43 +351,45 @@ def _forward(model, params, shared, buffers, fixed, x, vectorized: bool) -> Tens
                         for i in range(count)])
 
 
-def _recalibrate(model: nn.Module, stacked: tuple, data: EvalData, vectorized: bool) -> None:
-    """Recompute the stacked BN statistics in place: cumulative average over ``data.recal_x``."""
+def _recalibrate(model: nn.Module, stacked: tuple, data: EvalData | LoaderData, vectorized: bool,
+                 device: torch.device) -> None:
+    """Recompute the stacked BN statistics in place: cumulative average over the recalibration inputs."""
     seen = 0
     with torch.no_grad(), bn_mode(model, True) as bns:
-        for xb in data.recal_x.split(data.batch_size):
+        for xb in data.recal_batches(device):
             for m in bns:
                 m.momentum = len(xb) / (seen + len(xb))
             _forward(model, *stacked, xb, vectorized)
             seen += len(xb)
 
 
-def _chunk_metrics(model, stacked, data: EvalData, bn: str, vectorized: bool, bf16: bool,
-                   count: int) -> tuple[np.ndarray, np.ndarray]:
-    device = data.x.device
+def _chunk_metrics(model, stacked, data: EvalData | LoaderData, bn: str, vectorized: bool, bf16: bool,
+                   count: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.no_grad(), cast:
         if bn == "recalibrate":
-            _recalibrate(model, stacked, data, vectorized)
+            _recalibrate(model, stacked, data, vectorized, device)
         wrong = torch.zeros(count, dtype=torch.float64, device=device)
         loss = torch.zeros(count, dtype=torch.float64, device=device)
+        n = 0
         with bn_mode(model, bn == "none", momentum=0.0):
-            for start in range(0, len(data.x), data.batch_size):
-                xb, yb = data.x[start:start + data.batch_size], data.y[start:start + data.batch_size]
+            for xb, yb in data.batches(device):
+                n += len(yb)
                 logits = _forward(model, *stacked, xb, vectorized).float()
                 if logits.shape[0] != count:  # nothing was stacked: every point is the anchor
                     logits = logits.expand(count, *logits.shape[1:])
                 ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(count), reduction="none")
                 loss += ce.view(count, -1).double().sum(1)
                 wrong += (logits.argmax(-1) != yb).double().sum(1)
-    n = len(data.x)
+    if n == 0:
+        raise DataError("the evaluation data is empty")
     return (wrong / n).cpu().numpy(), (loss / n).cpu().numpy()
 
 
 def evaluate_lines(
     model: nn.Module,
     lines: Sequence[Line],
-    data: EvalData,
+    data: Data,
     *,
     bn: str = "recalibrate",
     chunk: int = 8,
@@ -274,11 +400,20 @@ def evaluate_lines(
 
     ``chunk`` points share one vmapped call; ``vectorize=False`` evaluates point by point;
     ``bf16`` runs forward passes under bfloat16 autocast (metrics accumulate in float64).
+    Lines whose anchor or direction holds NaN/Inf are refused (:class:`NonFiniteError`).
     """
+    data = as_eval_data(data)
     bn = _check_policy(model, bn, data)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    model.to(data.x.device)
+    checked: set[int] = set()
+    for line in lines:
+        for what, tensors in (("model", line.anchor), ("direction", line.direction)):
+            if id(tensors) not in checked:
+                check_finite(tensors, what)
+                checked.add(id(tensors))
+    device = data.device_for(model)
+    model.to(device)
     items = [(i, float(c)) for i, line in enumerate(lines) for c in line.coefs]
     errors = [np.empty(len(line.coefs)) for line in lines]
     losses = [np.empty(len(line.coefs)) for line in lines]
@@ -288,14 +423,14 @@ def evaluate_lines(
         part = items[start:start + chunk]
         try:
             err, loss = _chunk_metrics(model, _stack_chunk(model, lines, part, bn), data, bn, vectorize,
-                                       bf16, len(part))
+                                       bf16, len(part), device)
         except RuntimeError as exc:
             if not vectorize:
                 raise
             warnings.warn(f"vmap failed ({str(exc).splitlines()[0]}); evaluating point by point", stacklevel=2)
             vectorize = False
             err, loss = _chunk_metrics(model, _stack_chunk(model, lines, part, bn), data, bn, False,
-                                       bf16, len(part))
+                                       bf16, len(part), device)
         for k, (i, j) in enumerate(slots[start:start + len(part)]):
             errors[i][j], losses[i][j] = err[k], loss[k]
     seconds = time.perf_counter() - start_time
@@ -305,7 +440,7 @@ def evaluate_lines(
 def evaluate_point(
     model: nn.Module,
     params: Mapping[str, Tensor],
-    data: EvalData,
+    data: Data,
     *,
     buffers: Mapping[str, Tensor] | None = None,
     bn: str = "recalibrate",
@@ -318,7 +453,7 @@ def evaluate_point(
 def point_buffers(
     model: nn.Module,
     params: Mapping[str, Tensor],
-    data: EvalData,
+    data: Data,
     *,
     buffers: Mapping[str, Tensor] | None = None,
     bn: str = "recalibrate",
@@ -327,13 +462,15 @@ def point_buffers(
 
     For eval-mode analyses (activations, Hessian traces); policy ``none`` has no buffers and is refused.
     """
+    data = as_eval_data(data)
     bn = _check_policy(model, bn, data)
     if bn == "none":
         raise PolicyError("BN policy 'none' keeps no statistics; use 'recalibrate' or 'stale' here")
-    model.to(data.x.device)
+    device = data.device_for(model)
+    model.to(device)
     if bn == "stale":
         own = {n: b.detach() for n, b in model.named_buffers() if b.is_floating_point()}
         return {**own, **(buffers or {})}
     stacked = _stack_chunk(model, [Line(params, {}, [0.0], buffers)], [(0, 0.0)], bn)
-    _recalibrate(model, stacked, data, vectorized=False)
+    _recalibrate(model, stacked, data, False, device)
     return {n: b[0] for n, b in stacked[2].items()}

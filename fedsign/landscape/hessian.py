@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from .directions import perturb
-from .evaluate import EvalData, point_buffers
+from .evaluate import EvalData, as_eval_data, point_buffers
 
 Params = dict[str, Tensor]
 
@@ -75,9 +75,11 @@ def trace_curve(
 ) -> dict:
     """Hutchinson trace of the CE Hessian w.r.t. the direction's parameters at ``theta + lambda * d``,
     on the first ``samples`` evaluation images (BN statistics per ``bn`` at each point)."""
-    x, y = data.x[:samples], data.y[:samples]
+    data = as_eval_data(data)
+    device = data.device_for(model)
+    model.to(device).eval()
+    x, y = data.head(samples, device)
     generator = torch.Generator().manual_seed(seed)
-    model.to(x.device).eval()
     traces, errors = [], []
     for lam in lambdas:
         point = perturb(theta, direction, lam)

@@ -57,6 +57,45 @@ def plot_valleys(record: dict, rows: Sequence[Sequence[str]], path: str | Path, 
     return _save(fig, path)
 
 
+def plot_fl_valleys(record: dict, path: str | Path) -> Path:
+    """FL runs side by side (one column each): valleys of the final global model along the raw noises and
+    along their sign-consistent versions, the interpolation from the initial to the final global model,
+    and the clients' mean SSR with the global model per round."""
+    plt = _pyplot()
+    runs = record["runs"]
+    fig, axes = plt.subplots(4, len(runs), figsize=(3.6 * len(runs), 2.5 * 4), squeeze=False)
+    for c, run in enumerate(runs):
+        valleys = run["valleys"]
+        key = f"{valleys['scales'][0]:g}"
+        for r, sign_consistent in enumerate((False, True)):
+            ax = axes[r][c]
+            for name, curve in valleys["curves"].items():
+                if name.startswith("sc-") == sign_consistent:
+                    ax.plot(valleys["lambdas"], curve["scales"][key]["error"], lw=1, label=curve["label"])
+            ax.set_title(("sign-consistent" if sign_consistent else "raw") + f" noises, s={key}", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel("test error", fontsize=8)
+            ax.legend(fontsize=5)
+        ax = axes[2][c]
+        interp = run["interpolation"]
+        ax.plot(interp["lambdas"], interp["error"], marker="o", ms=2)
+        for v in (0.0, 1.0):
+            ax.axvline(v, color="gray", lw=0.6, ls="--")
+        ax.set_title("θ0 → θT: " + run["first_model"].split(" (")[0], fontsize=7)
+        ax.set_xlabel("λ in (1-λ)θ0 + λθT", fontsize=8)
+        ax.set_ylabel("test error", fontsize=8)
+        ax = axes[3][c]
+        rows = [row for row in run["ssr_clients"] if row["ssr_clients"] is not None]
+        ax.plot([row["round"] for row in rows], [row["ssr_clients"] for row in rows], marker="o")
+        ax.set_xlabel("round", fontsize=8)
+        ax.set_ylabel("client SSR vs global", fontsize=8)
+        axes[0][c].annotate(run["label"], (0.5, 1.25), xycoords="axes fraction", ha="center", fontsize=8)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_ratio_sweep(record: dict, path: str | Path, title: str = "") -> Path:
     """Fig. 4: mean test error (and CE) over the positive and negative sides against the ratio r."""
     plt = _pyplot()
@@ -138,15 +177,76 @@ def plot_soups(record: dict, path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-DIGITS_PANELS = (("gini", "GiniP"), ("trace_hessian", "Tr(H)"), ("first_order", "n^Tg"),
-                 ("second_order", "n^THn"), ("loss", "Loss"), ("error", "Error"))
+def plot_soup_arms(nets: dict, path: str | Path, title: str = "") -> Path:
+    """Fig. 11 with two starts per network (one panel each): accuracy of (1-λ)θA + λθB at λ = 0, 0.5, 1 from
+    a random initialization and from a pre-trained model (``nets[name]["fig11"][arm]``), SSR-AB and gap in
+    the legend."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(nets), figsize=(3.0 * len(nets), 2.6), squeeze=False)
+    for ax, (name, res) in zip(axes[0], nets.items()):
+        for arm, label in (("random_init", "random init"), ("pretrained", "pre-trained")):
+            row = res["fig11"][arm]
+            ax.plot([0.0, 0.5, 1.0], row["accuracy"], marker="o",
+                    label=f"{label}: SSR-AB {row['ssr_ab']:.3f}, gap {row['gap']:+.3f}")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("λ in (1-λ)θA + λθB", fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+BN_INIT_LABELS = {"ones": "BN w = 1", "uniform": "BN w ~ U(0,1)", "gaussian": "BN w ~ G(0,0.1)"}
+
+
+def plot_bn_init(panels: dict, numbers: dict, scales: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """Fig. 7: one column per BN-weight init: histograms of the BN weights at init and after training
+    (``panels[init] = (w0, wf)``), then per noise group (``scales``: group -> s) the {0,1} valleys, NS and
+    Filter-NS (``numbers[init]["records"][group]``, asymmetries in ``numbers[init]["asymmetry"][group]``)."""
+    plt = _pyplot()
+    rows = 1 + len(scales)
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 2.4 * rows), squeeze=False)
+    for c, (init, (w0, wf)) in enumerate(panels.items()):
+        ax = axes[0][c]
+        bins = np.linspace(min(w0.min(), wf.min()), max(w0.max(), wf.max()), 40)
+        ax.hist(w0, bins=bins, alpha=0.6, label="init")
+        ax.hist(wf, bins=bins, alpha=0.6, label="trained")
+        ax.set_title(f"{BN_INIT_LABELS.get(init, init)}: BN weights (acc {numbers[init]['test_accuracy']:.3f})",
+                     fontsize=8)
+        ax.legend(fontsize=7)
+        for r, (group, s) in enumerate(scales.items(), start=1):
+            ax = axes[r][c]
+            record = numbers[init]["records"][group]
+            for norm, label in (("ns", "NS"), ("filter", "Filter-NS")):
+                ax.plot(record["lambdas"], record["curves"][norm]["scales"][f"{s:g}"]["error"], marker="o", ms=2,
+                        lw=1, label=f"{label} (asym {numbers[init]['asymmetry'][group][norm]:+.3f})")
+            ax.set_title(f"{{0,1}} noise on {group}, s={s:g}", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.set_ylabel("test error", fontsize=8)
+            ax.legend(fontsize=7)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+DIGITS_PANELS = (("gini", "GiniP"), ("trace_hessian", "Tr(H)"), ("first_order_text", "εᵀg (text)"),
+                 ("second_order_text", "εᵀHε (text)"), ("first_order_listing", "Wnᵀg (Listing 2)"),
+                 ("second_order_listing", "WnᵀHWn (Listing 2)"), ("loss", "Loss"), ("error", "Error"))
 
 
 def plot_digits_demo(record: dict, path: str | Path) -> Path:
-    """Fig. 29: the six Listing-2 metrics over lambda, Gaussian noise (top) and sign-consistent (bottom)."""
+    """Fig. 29: the Listing-2 metrics over lambda, Gaussian noise (top) and sign-consistent (bottom); the
+    first/second-order coefficients in both definitions (the text's εᵀg, εᵀHε; Listing 2's Wnᵀg, WnᵀHWn)."""
     plt = _pyplot()
     noises = list(record["noises"])
-    fig, axes = plt.subplots(len(noises), 6, figsize=(15, 2.2 * len(noises)), squeeze=False)
+    fig, axes = plt.subplots(len(noises), len(DIGITS_PANELS), figsize=(2.4 * len(DIGITS_PANELS), 2.2 * len(noises)),
+                             squeeze=False)
     for r, noise in enumerate(noises):
         for c, (key, label) in enumerate(DIGITS_PANELS):
             ax = axes[r][c]
@@ -154,6 +254,23 @@ def plot_digits_demo(record: dict, path: str | Path) -> Path:
             ax.set_title(f"{label} ({noise})", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_weight_patterns(record: dict, path: str | Path) -> Path:
+    """Fig. 10: a class sample, then the weight pattern ``w + λ·sign(w)`` per λ (correlation with the
+    class's mean input in the title)."""
+    plt = _pyplot()
+    n = len(record["lambdas"])
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.9 * (n + 1), 2.2))
+    axes[0].imshow(record["sample"], cmap="gray")
+    axes[0].set_title(f"digit {record['cls']}", fontsize=8)
+    for ax, lam, pattern, corr in zip(axes[1:], record["lambdas"], record["patterns"], record["correlation"]):
+        ax.imshow(pattern, cmap="gray")
+        ax.set_title(f"λ={lam:+.1f}, r={corr:+.2f}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, path)
 
 

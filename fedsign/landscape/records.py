@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,16 +11,23 @@ import numpy as np
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars/arrays and tuples become Python numbers and lists."""
+    """JSON-ready copy: numpy scalars/arrays and tuples become Python numbers and lists, NaN/Inf become None."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _plain(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def to_json(record: Mapping[str, Any]) -> str:
+    """Strict JSON text of ``record`` (no bare NaN / Infinity: they are written as null)."""
+    return json.dumps(_plain(record), indent=1, allow_nan=False)
 
 
 def write_record(out_dir: str | Path, name: str, record: Mapping[str, Any],
@@ -28,7 +36,7 @@ def write_record(out_dir: str | Path, name: str, record: Mapping[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json"]
-    paths[0].write_text(json.dumps(_plain(record), indent=1) + "\n")
+    paths[0].write_text(to_json(record) + "\n")
     if arrays:
         paths.append(out / f"{name}.npz")
         np.savez_compressed(paths[1], **{k: np.asarray(v) for k, v in arrays.items()})

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from .curves import lambda_grid, timing
 from .directions import difference
-from .evaluate import EvalData, Line, evaluate_lines, split_state
+from .evaluate import Data, Line, evaluate_lines, split_state
+from .groups import parameter_roles
 from .signs import sign_consistency
 from .variants import State
 
@@ -28,7 +29,7 @@ def soup_record(
     init: Mapping[str, Tensor],
     checkpoints_a: Mapping[int, State],
     checkpoints_b: Mapping[int, State],
-    data: EvalData,
+    data: Data,
     *,
     groups: Mapping[str, str] | None = None,
     lambdas: Sequence[float] | None = None,
@@ -38,7 +39,9 @@ def soup_record(
     bf16: bool = False,
 ) -> dict:
     """Per checkpoint epoch: accuracy of ``(1 - lambda) theta_A + lambda theta_B`` (default 11 points in
-    [0, 1]), the three sign-consistency ratios (``all`` and per group) and the soup gap at lambda = 0.5."""
+    [0, 1]), the three sign-consistency ratios (``all`` and per group, default groups
+    :func:`~fedsign.landscape.groups.parameter_roles`) and the soup gap at lambda = 0.5."""
+    groups = parameter_roles(model) if groups is None else groups
     lambdas = lambda_grid(11, 0.0, 1.0) if lambdas is None else np.asarray(lambdas, float)
     grid = np.unique(np.round(np.concatenate([lambdas, [0.0, 0.5, 1.0]]), 12))
     theta_i, _ = split_state(model, init)

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-DIGITS_METRICS = ("error", "loss", "trace_hessian", "gini", "first_order", "second_order")
+DIGITS_METRICS = ("error", "loss", "trace_hessian", "gini", "first_order_text", "second_order_text",
+                  "first_order_listing", "second_order_listing")
+COEFFICIENT_LABELS = {  # Fig. 29's coefficient panels: the paper's text and its Listing 2 define them differently
+    "first_order_text": "εᵀg (text)", "second_order_text": "εᵀHε (text)",
+    "first_order_listing": "Wnᵀg (Listing 2)", "second_order_listing": "WnᵀHWn (Listing 2)",
+}
 
 
 def softmax_probs(X: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -80,20 +85,24 @@ def softmax_metrics(W: np.ndarray, X: np.ndarray, Y: np.ndarray, noise: np.ndarr
     """Listing 2's loop body for one noise: rows per lambda of :data:`DIGITS_METRICS`.
 
     At ``Wn = W + lambda * noise`` (raw, unnormalized noise): error and log loss (:func:`clipped_log_loss`) on (X, Y),
-    ``tr H``, ``gini = E_n[sum_k p_k (1 - p_k)]``, ``first_order = sum(g * Wn)`` and
-    ``second_order = vec(Wn)^T H vec(Wn)`` -- with g and H at Wn and, as the listing computes
-    them, contracted with Wn (its plot titles say n^T g and n^T H n).
+    ``tr H``, ``gini = E_n[sum_k p_k (1 - p_k)]``, and the first/second-order coefficients with the gradient
+    g and Hessian H at Wn, in both definitions the paper gives: the text's ``eps^T g`` and
+    ``eps^T H eps`` (contracted with the noise: the slope and curvature of the curve along eps) and
+    Listing 2's ``Wn^T g`` and ``Wn^T H Wn`` (contracted with Wn, although its plot titles say n^T g, n^T H n).
     """
     rows = []
     for lam in lambdas:
         Wn = W + lam * noise
         P = softmax_probs(X, Wn)
+        g = softmax_gradient(X, Y, P)
         rows.append([
             float(np.mean(np.argmax(P, axis=1) != Y)),
             clipped_log_loss(Y, P),
             softmax_hessian_trace(X, P),
             float(np.sum(P * (1 - P), axis=1).mean()),
-            float(np.sum(softmax_gradient(X, Y, P) * Wn)),
+            float(np.sum(g * noise)),
+            softmax_hessian_quadratic(X, P, noise),
+            float(np.sum(g * Wn)),
             softmax_hessian_quadratic(X, P, Wn),
         ])
     return np.array(rows)
@@ -152,3 +161,22 @@ def relu_summary(sim: dict[str, np.ndarray]) -> dict:
     v = sim["values"]
     return {"lambdas": sim["lambdas"].tolist(), "mean": v.mean(1).tolist(), "std": v.std(1).tolist(),
             "active_fraction": (v > 0).mean(1).tolist()}
+
+
+def weight_patterns(W: np.ndarray, X: np.ndarray, Y: np.ndarray, cls: int = 0,
+                    lambdas: np.ndarray | None = None) -> dict:
+    """Fig. 10: the class-``cls`` weight ``w`` of the digits softmax regression as ``w + lambda * sign(w)``.
+
+    For each lambda (default ``linspace(-1, 1, 5)``): the 8 x 8 pattern and its Pearson correlation with
+    the mean input of class ``cls`` (the paper: at lambda = 0 the weight "correlates well with" a digit
+    0; the sign-consistent direction keeps that correlation, the opposite one destroys it). Also the
+    first sample of class ``cls``.
+    """
+    lambdas = np.linspace(-1.0, 1.0, 5) if lambdas is None else np.asarray(lambdas, float)
+    w = W[cls]
+    side = int(round(np.sqrt(w.size)))
+    mean_input = X[Y == cls].mean(0)
+    patterns = np.stack([w + lam * np.sign(w) for lam in lambdas])
+    return {"lambdas": lambdas.tolist(), "cls": cls, "patterns": patterns.reshape(len(lambdas), side, side).tolist(),
+            "sample": X[Y == cls][0].reshape(side, side).tolist(),
+            "correlation": [float(np.corrcoef(p, mean_input)[0, 1]) for p in patterns]}
