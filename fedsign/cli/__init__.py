@@ -18,7 +18,7 @@ from fedsign.cli.run import add_run_parsers
 from fedsign.config import ConfigError
 from fedsign.data import DataSourceError
 from fedsign.deploy import DeployError
-from fedsign.landscape.cli import add_landscape_parser
+from fedsign.cli.landscape import add_landscape_parser
 from fedsign.results import OutDirError, RunFailed, RunInterrupted
 
 

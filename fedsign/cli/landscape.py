@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,16 +25,26 @@ import torch
 from torch import Tensor, nn
 
 from fedsign.cli.common import CLIError
-from fedsign.config import RunConfig
-from fedsign.data import DatasetSpec
-
-from . import plots
-from .curves import interpolation, lambda_grid, ratio_sweep, valley_curves
-from .directions import DIRECTION_SETS, FILTER_1D, NORMALIZATIONS, DirectionError, make_directions
-from .evaluate import (BN_POLICIES, DataError, EvalData, Line, NonFiniteError, PolicyError, evaluate_lines,
-                       has_batch_norm, prepare_data, split_state)
-from .groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
-from .records import curve_arrays, write_record
+from fedsign.config import ConfigError, RunConfig
+from fedsign.data import DATASETS, DatasetSpec, load_dataset, make_batch_transform
+from fedsign.landscape import plots
+from fedsign.landscape.activations import activation_confusion
+from fedsign.landscape.curves import interpolation, lambda_grid, ratio_sweep, valley_curves
+from fedsign.landscape.directions import DIRECTION_SETS, FILTER_1D, NORMALIZATIONS, DirectionError, make_directions
+from fedsign.landscape.evaluate import (BN_POLICIES, DataError, EvalData, Line, NonFiniteError, PolicyError,
+                                        evaluate_lines, has_batch_norm, prepare_data, split_state)
+from fedsign.landscape.groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
+from fedsign.landscape.hessian import trace_curve
+from fedsign.landscape.records import curve_arrays, write_record
+from fedsign.landscape.soups import soup_record, split_halves
+from fedsign.landscape.theory import (DIGITS_METRICS, digits_demo, digits_softmax, relu_simulation, relu_summary,
+                                     weight_patterns)
+from fedsign.landscape.variants import build_variant_model, float_state, train_checkpoints
+from fedsign.landscape.weights import WeightsError, fit_weights, load_weights
+from fedsign.models import BN_WEIGHT_INITS, MODEL_NAMES, ModelConfigError
+from fedsign.results import RunResults, read_metrics
+from fedsign.task import build_run_model
+from fedsign.training import TrainSettings, derive_seed, evaluate, resolve_device
 
 RUN_FILES = ("config.json", "model.safetensors")
 
@@ -58,7 +69,6 @@ class LoadedRun:
 
 def _read_config(run_dir: Path) -> RunConfig:
     """The run's config.json, or a one-line CLIError for a broken one."""
-    from fedsign.config import ConfigError
 
     try:
         return RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
@@ -72,8 +82,6 @@ def _read_config(run_dir: Path) -> RunConfig:
 def _run_state(model: nn.Module, path: Path, built: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Parameters and buffers of the weights file ``path`` for ``model`` (one-line errors; ``built`` says
     what the model was built as)."""
-    from .weights import WeightsError, fit_weights, load_weights
-
     try:
         return split_state(model, fit_weights(model, load_weights(path), f"weights file {path}"))
     except WeightsError as err:
@@ -82,8 +90,6 @@ def _run_state(model: nn.Module, path: Path, built: str = "") -> tuple[dict[str,
 
 def load_run(path: str | Path, device: torch.device) -> LoadedRun:
     """Load a run directory (or a ``.safetensors`` file inside one) and its dataset."""
-    from fedsign.data import DATASETS, load_dataset
-    from fedsign.task import build_run_model
 
     path = Path(path)
     model_file = path if path.suffix == ".safetensors" else path / "model.safetensors"
@@ -109,8 +115,6 @@ def load_run(path: str | Path, device: torch.device) -> LoadedRun:
 def build_callable(spec: str, kwargs: list[str]) -> nn.Module:
     """``package.module:callable`` called with ``key=value`` keyword arguments (values parsed as JSON
     where they parse: ``num_classes=10``, ``weights=null``; else strings)."""
-    import importlib
-
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise CLIError(f"--model {spec!r}: write package.module:callable, e.g. torchvision.models:resnet18")
@@ -139,7 +143,6 @@ def build_callable(spec: str, kwargs: list[str]) -> nn.Module:
 def load_callable(args: argparse.Namespace, device: torch.device, weights: str | None = None) -> LoadedRun:
     """``--model`` (seeded by ``--seed``: that fresh model is theta_0), ``weights`` loaded into it, and
     ``--dataset`` from ``--data-dir`` (ImageFolder, idx files or tarball; see ``fedsign.data``)."""
-    from fedsign.data import DATASETS, load_dataset, make_batch_transform
 
     if not args.dataset:
         raise CLIError(f"--model needs --dataset (one of {', '.join(DATASETS)}) and, for files, --data-dir")
@@ -188,7 +191,6 @@ def _to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tens
 
 def eval_data(run: LoadedRun, args: argparse.Namespace, device: torch.device) -> EvalData:
     """The run's test split (and training images for BN recalibration where the model has BN)."""
-    from fedsign.data import make_batch_transform
 
     recal = run.train_x if args.bn == "recalibrate" and has_batch_norm(run.model) else None
     return prepare_data(run.test_x, run.test_y, make_batch_transform(run.spec, train=False), recal,
@@ -198,7 +200,6 @@ def eval_data(run: LoadedRun, args: argparse.Namespace, device: torch.device) ->
 
 def _device(args: argparse.Namespace) -> torch.device:
     """The device (and, with ``--threads``, torch's intra-op thread count)."""
-    from fedsign.training import resolve_device
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
@@ -250,10 +251,6 @@ def _evaluation(args: argparse.Namespace, device: torch.device) -> dict:
 
 def _errors_as_cli(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report the package's input errors as one-line ``CLIError`` s."""
-    from fedsign.models import ModelConfigError
-
-    from .weights import WeightsError
-
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
         try:
@@ -316,12 +313,6 @@ def _save_states(results, model: nn.Module, states: dict[str, dict[str, Tensor]]
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model (a §4.2 variant) through train_local and save it as a run directory."""
-    from fedsign.data import load_dataset, make_batch_transform
-    from fedsign.results import RunResults
-    from fedsign.training import TrainSettings, evaluate
-
-    from .variants import build_variant_model, float_state, train_checkpoints
-
     device = _device(args)
     config = _training_config(args, args.out, args.epochs)
     results = RunResults.create(config.out_dir)
@@ -436,13 +427,6 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_soups(args: argparse.Namespace) -> int:
     """Fig. 11: two models from one initialization on the two halves of the data, with checkpoints."""
-    from fedsign.data import load_dataset, make_batch_transform
-    from fedsign.results import RunResults
-    from fedsign.training import TrainSettings, derive_seed
-
-    from .soups import soup_record, split_halves
-    from .variants import build_variant_model, float_state, train_checkpoints
-
     device = _device(args)
     config = _training_config(args, args.out, max(args.epochs))
     data = load_dataset(config.dataset, config.data_dir or None)
@@ -490,8 +474,6 @@ def cmd_soups(args: argparse.Namespace) -> int:
 
 def cmd_digits_demo(args: argparse.Namespace) -> int:
     """Listing 2 / Fig. 29: softmax regression on digits under Gaussian and sign-consistent noise."""
-    from .theory import DIGITS_METRICS, digits_demo
-
     start = time.perf_counter()
     record, arrays = digits_demo(seed=args.seed, draws=args.draws, points=args.points)
     out = Path(args.out)
@@ -509,7 +491,6 @@ def cmd_digits_demo(args: argparse.Namespace) -> int:
 
 def _ssr_rows(run_dir: Path) -> list[dict]:
     """Per round of metrics.csv: the clients' mean SSR with the global model they received (``ssr_clients``)."""
-    from fedsign.results import read_metrics
 
     if not (run_dir / "metrics.csv").is_file():
         raise CLIError(f"{run_dir} has no metrics.csv: is it a finished FL run (fedsign run / simulate)?")
@@ -524,12 +505,10 @@ def _ssr_rows(run_dir: Path) -> list[dict]:
 def cmd_fl(args: argparse.Namespace) -> int:
     """The valleys of FL runs' global models side by side: 7 raw and 7 sign-consistent noises, the
     interpolation from the initial to the final global model, and the clients' per-round SSR."""
-    from .directions import DIRECTION_SETS as SETS
-
     device = _device(args)
     runs = [load_run(path, device) for path in args.runs]  # every run loads (and fails) before any work
     ssr = [_ssr_rows(run.run_dir) for run in runs]
-    names = list(SETS["common"]) + list(SETS["common-sc"])
+    names = list(DIRECTION_SETS["common"]) + list(DIRECTION_SETS["common-sc"])
     record: dict = {"seed": args.seed, "config": _config(args), "runs": []}
     for run, rows in zip(runs, ssr):
         data = eval_data(run, args, device)
@@ -555,8 +534,8 @@ def cmd_fl(args: argparse.Namespace) -> int:
     for r in record["runs"]:
         curves = r["valleys"]["curves"]
         key = f"{args.scale:g}"
-        raw = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common"]])
-        sc = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in SETS["common-sc"]])
+        raw = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in DIRECTION_SETS["common"]])
+        sc = np.mean([curves[n]["scales"][key]["asymmetry"]["error"]["asymmetry"] for n in DIRECTION_SETS["common-sc"]])
         lam = np.asarray(r["interpolation"]["lambdas"])
         err = r["interpolation"]["error"]
         last = next((row["ssr_clients"] for row in reversed(r["ssr_clients"]) if row["ssr_clients"] is not None),
@@ -569,8 +548,6 @@ def cmd_fl(args: argparse.Namespace) -> int:
 
 def cmd_digits_pattern(args: argparse.Namespace) -> int:
     """Fig. 10: the digits softmax weight of one class as w + λ·sign(w)."""
-    from .theory import digits_softmax, weight_patterns
-
     W, X, Y = digits_softmax()
     record = {"seed": args.seed, "config": _config(args), **weight_patterns(W, X, Y, args.cls, args.lambdas)}
     out = Path(args.out)
@@ -584,8 +561,6 @@ def cmd_digits_pattern(args: argparse.Namespace) -> int:
 
 def cmd_relu_sim(args: argparse.Namespace) -> int:
     """Listing 1 / Fig. 27: the distribution of (w + λ sign(w))^T h."""
-    from .theory import relu_simulation, relu_summary
-
     sim = relu_simulation(seed=args.seed, samples=args.samples)
     record = {"seed": args.seed, "config": _config(args), **relu_summary(sim)}
     out = Path(args.out)
@@ -611,8 +586,6 @@ def _run_data_direction(args: argparse.Namespace):
 
 def cmd_activations(args: argparse.Namespace) -> int:
     """Fig. 28: activation confusion matrices along a direction."""
-    from .activations import activation_confusion
-
     run, data, direction = _run_data_direction(args)
     record = activation_confusion(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers,
                                   bn=args.bn, samples=args.samples)
@@ -629,8 +602,6 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 def cmd_hessian(args: argparse.Namespace) -> int:
     """Hutchinson trace of the CE Hessian (w.r.t. a parameter group) along a direction."""
-    from .hessian import trace_curve
-
     run, data, direction = _run_data_direction(args)
     record = trace_curve(run.model, run.params, direction, data, args.lambdas, buffers=run.buffers, bn=args.bn,
                          probes=args.probes, samples=args.samples, seed=args.seed)
@@ -721,7 +692,6 @@ def _add_model_source(p: argparse.ArgumentParser, files: str = "run") -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    from fedsign.models import BN_WEIGHT_INITS, MODEL_NAMES
 
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default="", help="dataset location (default: the dataset's default)")
