@@ -3,6 +3,7 @@ dataset is not at its default place (Fashion-MNIST from apt, MNIST and CIFAR-10 
 ``make test`` passes on a fresh machine. It asks fedsign.data's own locator, as a run with that dataset would."""
 
 import pytest
+import torch
 
 from fedsign.data import DataSourceError, check_data_source
 
@@ -19,3 +20,13 @@ def pytest_runtest_setup(item):
                 check_data_source(name)
             except DataSourceError as err:
                 pytest.skip(f"needs the real {name} dataset: {err}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
+    busy 2-core machine two threads spin against each other and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

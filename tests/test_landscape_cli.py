@@ -15,6 +15,8 @@ FL = ("dataset='digits' num-clients=4 clients-per-round=2 num-rounds=2 local-epo
       "lr=0.05 seed=1")
 FAST = ["--test-samples", "64", "--recal-samples", "64", "--device", "cpu"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_net(num_classes: int = 10) -> nn.Module:
     """A --model target for digits (1 x 8 x 8 images)."""
@@ -22,12 +24,6 @@ def tiny_net(num_classes: int = 10) -> nn.Module:
                          nn.Linear(4 * 8 * 8, num_classes))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

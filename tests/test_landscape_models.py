@@ -19,6 +19,8 @@ from fedsign.landscape.soups import soup_record
 
 CLASSES = 3
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, CLASSES))
@@ -48,12 +50,6 @@ BUILDERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

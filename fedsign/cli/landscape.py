@@ -340,12 +340,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_curves(args: argparse.Namespace) -> int:
-    """Figs. 3, 5-7, 9: valleys along named directions for several scales."""
+def analysis_target(args: argparse.Namespace) -> tuple[torch.device, LoadedRun, EvalData, list[str]]:
+    """What an analysis of one model needs: the device, the model (run folder or --model), its evaluation
+    data and the names of the parameter group the noise goes on."""
     device = _device(args)
     run = load_target(args, args.run, device)
-    data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group, args.clf)
+    return device, run, eval_data(run, args, device), select_parameters(run.model, args.group, args.clf)
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    """Figs. 3, 5-7, 9: valleys along named directions for several scales."""
+    device, run, data, names = analysis_target(args)
     rows = _direction_rows(args.directions)
     theta = {n: run.params[n] for n in names}
     directions = make_directions([d for row in rows for d in row], theta, args.seed, normalization=args.norm,
@@ -376,10 +381,7 @@ def _print_timing(t: dict) -> None:
 
 def cmd_ratio(args: argparse.Namespace) -> int:
     """Fig. 4: mean error over the positive / negative side against the sign-consistency ratio r."""
-    device = _device(args)
-    run = load_target(args, args.run, device)
-    data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group, args.clf)
+    device, run, data, names = analysis_target(args)
     record = ratio_sweep(run.model, run.params, names, data, ratios=args.ratios, scale=args.scale,
                          lambdas=lambda_grid(args.points), normalization=args.norm, filter_1d=args.filter_1d,
                          seed=args.seed, buffers=run.buffers, **_evaluation(args, device))
@@ -574,10 +576,7 @@ def cmd_relu_sim(args: argparse.Namespace) -> int:
 
 def _run_data_direction(args: argparse.Namespace):
     """The run, its evaluation data and ``args.direction`` over ``args.group`` (normalized)."""
-    device = _device(args)
-    run = load_target(args, args.run, device)
-    data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group, args.clf)
+    device, run, data, names = analysis_target(args)
     theta = {n: run.params[n] for n in names}
     direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
                                 filter_1d=args.filter_1d, theta0={n: run.init[n] for n in names})[args.direction]
@@ -617,10 +616,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Points per second of the vmap and loop evaluators on the same points, and their agreement."""
-    device = _device(args)
-    run = load_target(args, args.run, device)
-    data = eval_data(run, args, device)
-    names = select_parameters(run.model, args.group, args.clf)
+    device, run, data, names = analysis_target(args)
     theta = {n: run.params[n] for n in names}
     direction = make_directions([args.direction], theta, args.seed, normalization=args.norm,
                                 filter_1d=args.filter_1d)[args.direction]
