@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
+from fedsign.algorithms import client_hyperparameters
 from fedsign.client_app import app as client_app
 from fedsign.config import RunConfig
-from fedsign.engines import InProcessGrid
 from fedsign.deploy.certificates import make_certificates, make_node_key
 from fedsign.deploy.federation import Federation
 from fedsign.deploy.processes import free_port
+from fedsign.engines import InProcessGrid
 from fedsign.results import load_model_state, read_metrics
 from fedsign.task import build_run_model, model_arrays
 
@@ -61,8 +62,10 @@ def test_supernode_keys_are_what_flower_loads_and_registers(tmp_path):
 
 # ------------------------------------------------------ client state on disk
 def _train(grid: InProcessGrid, arrays, server_round: int):
+    config = RunConfig.from_mapping(grid.contexts[1].run_config)
+    sent = {h.key: getattr(config, h.field) for h in client_hyperparameters(config.strategy, config.sign_gamma)}
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round,
-                                                                     "state-key": "run-a"})})
+                                                                     "state-key": "run-a", **sent})})
     message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
     (reply,) = grid.send_and_receive([message])
     assert not reply.has_error(), reply.error.reason

@@ -51,9 +51,10 @@ def resnet20_count(c=10, cin=3):
     return total + lin(64, c)
 
 
-def cnn_count(c=10, cin=3, s=8):
+def cnn_count(c=10, cin=3, s=8, widths=(32, 64), hidden=128):
     # s = spatial size after pooling (8x8 input -> 4, 28 -> 7, 32 -> 8)
-    return conv(cin, 32) + conv(32, 64) + lin(64 * s * s, 128) + lin(128, c)
+    c1, c2 = widths
+    return conv(cin, c1) + conv(c1, c2) + lin(c2 * s * s, hidden) + lin(hidden, c)
 
 
 CFG8 = [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"]
@@ -73,9 +74,10 @@ PARAM_COUNTS = [
     ("cnn", 3, 32, 545_098, cnn_count(cin=3, s=8)),
     ("cnn", 1, 28, 421_642, cnn_count(cin=1, s=7)),
     ("cnn", 1, 8, 151_306, cnn_count(cin=1, s=4)),
+    ("cnn_small", 1, 28, 105_866, cnn_count(cin=1, s=7, widths=(16, 32), hidden=64)),
 ]
 
-RELU_COUNTS = {"cnn": 3, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10, "vgg11_bn": 10,
+RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10, "vgg11_bn": 10,
                "vgg16": 15, "vgg16_bn": 15}
 BN_NAMES = [n for n in MODEL_NAMES if n.endswith("_bn") or n == "resnet20"]
 

@@ -10,6 +10,7 @@ file modes and strict JSON.
 import gzip
 import hashlib
 import io
+import dataclasses
 import json
 import os
 import pickle
@@ -320,18 +321,19 @@ def _reject(token: str):
 def test_non_finite_global_model_stops_the_run(tmp_path, capfd, monkeypatch):
     from strategies import FedAvg
 
-    real = FedAvg.aggregate_train
+    real = FedAvg.aggregate_round
 
     def poisoned(self, server_round, replies):
-        arrays, metrics = real(self, server_round, replies)
+        result = real(self, server_round, replies)
         if server_round == 2:
             from flwr.app import Array, ArrayRecord
 
-            arrays = ArrayRecord({k: Array(np.full(a.shape, np.nan, np.float32) if a.numpy().dtype == np.float32
-                                           else a.numpy()) for k, a in arrays.items()})
-        return arrays, metrics
+            result = dataclasses.replace(result, arrays=ArrayRecord({
+                k: Array(np.full(a.shape, np.nan, np.float32) if a.numpy().dtype == np.float32 else a.numpy())
+                for k, a in result.arrays.items()}))
+        return result
 
-    monkeypatch.setattr(FedAvg, "aggregate_train", poisoned)
+    monkeypatch.setattr(FedAvg, "aggregate_round", poisoned)
     out = tmp_path / "run"
     code = main(["run", "--quiet", "-c", conf(f"num-rounds=3 out-dir='{out}'")])
     err = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("error")]
