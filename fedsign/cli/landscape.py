@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedsign.algorithms import get_algorithm
 from fedsign.cli.common import CLIError
 from fedsign.config import ConfigError, RunConfig
 from fedsign.data import DATASETS, DatasetSpec, load_dataset, make_batch_transform
@@ -340,6 +341,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _algorithm_label(config: RunConfig) -> str:
+    """The run's algorithm with the hyperparameter Table 1 tunes (and the sign term's weight), e.g.
+    ``fedsign fedsign-gamma=0.01``."""
+    entry = get_algorithm(config.strategy)
+    keys = ([entry.tuning[0]] if entry.tuning else []) + (["sign-gamma"] if config.sign_gamma > 0 else [])
+    return " ".join([config.strategy, *(f"{k}={getattr(config, k.replace('-', '_')):g}" for k in keys)])
+
+
 def analysis_target(args: argparse.Namespace) -> tuple[torch.device, LoadedRun, EvalData, list[str]]:
     """What an analysis of one model needs: the device, the model (run folder or --model), its evaluation
     data and the names of the parameter group the noise goes on."""
@@ -525,8 +534,9 @@ def cmd_fl(args: argparse.Namespace) -> int:
         interp = interpolation(run.model, run.init, run.params, data, groups=parameter_roles(run.model, args.clf),
                                lambdas=lambda_grid(args.interp_points, -0.5, 1.5), **_evaluation(args, device))
         record["runs"].append({
-            "run": str(run.run_dir), "label": f"{run.config.strategy} · {run.config.model} on {run.config.dataset} "
-                                              f"(seed {run.config.seed}, {run.config.num_rounds} rounds)",
+            "run": str(run.run_dir), "label": f"{_algorithm_label(run.config)} · {run.config.model} on "
+                                              f"{run.config.dataset} (seed {run.config.seed}, "
+                                              f"{run.config.num_rounds} rounds)",
             "first_model": first, "group": args.group, "valleys": valleys, "interpolation": interp,
             "ssr_clients": rows})
     out = Path(args.out)
