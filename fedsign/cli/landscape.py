@@ -534,7 +534,7 @@ def cmd_fl(args: argparse.Namespace) -> int:
         interp = interpolation(run.model, run.init, run.params, data, groups=parameter_roles(run.model, args.clf),
                                lambdas=lambda_grid(args.interp_points, -0.5, 1.5), **_evaluation(args, device))
         record["runs"].append({
-            "run": str(run.run_dir), "label": f"{_algorithm_label(run.config)} · {run.config.model} on "
+            "run": str(run.run_dir), "label": f"{_algorithm_label(run.config)}\n{run.config.model} on "
                                               f"{run.config.dataset} (seed {run.config.seed}, "
                                               f"{run.config.num_rounds} rounds)",
             "first_model": first, "group": args.group, "valleys": valleys, "interpolation": interp,
