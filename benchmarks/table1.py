@@ -470,10 +470,8 @@ def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: 
         {c.name: {k: v for k, v in s.items() if k != "curve"} for c, s in sorted(finished.items(),
                                                                                     key=lambda cs: cs[0].name)},
         indent=1) + "\n")
-    markdown = render_markdown(rows, finished, preset_name, preset, methods, datasets,
-                               len(tuning) + len(seed_cells(preset, methods, datasets,
-                                                            {(r["dataset"], r["alpha"], r["method"]): r["value"]
-                                                             for r in rows})) if rows else len(tuning))
+    total = len(tuning) + (len(preset.seeds) - 1) * len(datasets) * len(preset.alphas) * len(methods)
+    markdown = render_markdown(rows, finished, preset_name, preset, methods, datasets, total)
     (out / f"table1_{preset_name}.md").write_text(markdown)
     curves = {}
     for r in rows:
