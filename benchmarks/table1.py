@@ -18,7 +18,8 @@ official code does, by the plain average of the round's participants (``particip
 columns); its server model is in metrics.csv too.
 
 Cells run through the in-process engine (``--engine vectorized`` or ``ray`` also work). A cell
-whose ``model.safetensors`` exists is done, so an interrupted sweep resumes; every cell is claimed
+whose ``model.safetensors`` exists is done, so an interrupted sweep resumes (an interrupted cell restarts
+from round 1, so cells write no per-round checkpoints: ``checkpoint-every=0``); every cell is claimed
 with a lock file, so several processes (``--workers N``, or the same command started again on
 another GPU) share one sweep without running or deleting each other's cells.
 
@@ -84,7 +85,7 @@ PRESETS = {
         datasets=("cifar10", "cinic10"), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
         common="model='vgg8' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
                "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10 "
-               "partition-style='per-client' validation-fraction=0.1",
+               "partition-style='per-client' validation-fraction=0.1 checkpoint-every=0",
         engine="vectorized",
     ),
     # The paper's structure (100 clients, 10 % per round, E = 5, B = 64, SGD lr 0.03 / momentum 0.9 /
@@ -96,7 +97,7 @@ PRESETS = {
         datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
         common="model='cnn_small' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
                "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10 "
-               "train-samples=6000 validation-fraction=0.1",
+               "train-samples=6000 validation-fraction=0.1 checkpoint-every=0",
         convergence_check=True,
     ),
     # Smallest real run of the whole machinery (tests, GPU-kit dry runs): digits, 3 rounds.

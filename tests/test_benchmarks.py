@@ -48,7 +48,8 @@ def test_grid_sizes_and_the_paper_settings(tmp_path):
     assert paper == {"model": "'vgg8'", "num-clients": "100", "clients-per-round": "10", "num-rounds": "200",
                      "local-epochs": "5", "batch-size": "64", "lr": "0.03", "momentum": "0.9",
                      "weight-decay": "1e-5", "weighted": "false", "eval-every": "10",
-                     "partition-style": "'per-client'", "validation-fraction": "0.1"}  # the paper's Appendix C
+                     "partition-style": "'per-client'", "validation-fraction": "0.1",
+                     "checkpoint-every": "0"}  # the paper's Appendix C
     converged = dict(item.split("=") for item in cpu.common.split())
     for key in ("num-clients", "clients-per-round", "local-epochs", "batch-size", "lr", "momentum", "weight-decay",
                 "weighted"):
