@@ -14,7 +14,8 @@ each engine's framework overhead (everything but forward, backward and the SGD s
 its round: round seconds minus the time inside the round's ``train_local`` calls (sequential) or its
 ``train_clients`` call (vectorized), over round seconds (medians over the rounds after the first,
 without the evaluated last one).
-Writes ``speed_mnist.csv`` / ``speed_mnist.md``.
+Writes ``speed_mnist.csv`` / ``speed_mnist.md``. ``--only cpu-converged``: the same figures for a
+Table-1 ``cpu-converged`` cell's round with FedAvg, FedSign, MOON and FedDyn (``speed_cpu_converged.*``).
 
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
@@ -31,6 +32,7 @@ processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md
     python benchmarks/speed.py --clients 10 --rounds 5 --skip-ray
     python benchmarks/speed.py --only landscape
     python benchmarks/speed.py --only mnist --data-dir ../shared/data/mnist --rounds 4
+    python benchmarks/speed.py --only cpu-converged --rounds 12
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from fedsign.engines import run_inprocess  # noqa: E402
 from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
                                prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
-from fedsign.task import build_run_model, client_data, dataset, load_arrays, model_arrays  # noqa: E402
+from fedsign.task import build_run_model, client_data, dataset, load_tensors, model_tensors  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,7 +76,7 @@ def raw_round_seconds(config: RunConfig) -> float:
     """Median seconds per round (first round excluded) of the clients' local steps in a plain loop."""
     device = resolve_device(config.device)
     model = build_run_model(config).to(device)
-    start_arrays = model_arrays(model)
+    start_arrays = model_tensors(model)
     transform = make_batch_transform(DATASETS[config.dataset], train=True)
     settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
                              config.weight_decay, config.grad_clip)
@@ -83,7 +85,7 @@ def raw_round_seconds(config: RunConfig) -> float:
     for server_round in range(1, config.num_rounds + 1):
         start = time.perf_counter()
         for pid, (x, y) in enumerate(data):
-            load_arrays(model, start_arrays)
+            load_tensors(model, start_arrays)
             train_local(model, x, y, settings, seed=derive_seed(config.seed, server_round, pid), transform=transform)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -206,24 +208,24 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def mnist_rows(args: argparse.Namespace) -> list[dict]:
-    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead.
+def overhead_rows(overrides: str, runs: list[tuple[str, str]]) -> list[dict]:
+    """Per-round seconds of each ``(label, extra overrides)`` run and its framework overhead.
 
     Training time is measured inside the run: every ``train_local`` call (sequential: one per
     client) or ``train_clients`` call (vectorized: one per round) is timed, and a round's share
-    is its clients' calls; the overhead is the rest of the round."""
+    is its clients' calls; the overhead is the rest of the round (everything but forward, backward
+    and the SGD step: messages, state, aggregation, sign tracking, term_grad_ratio's extra step)."""
     import fedsign.client_app
     import fedsign.engines.vectorized
 
-    overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
-                 f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
-                 f"seed=0 {args.extra}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig.from_overrides(f"{overrides} out-dir='{tmp}/x'").resolved()
-        for engine, module, name, calls_per_round in (
-                ("inprocess", fedsign.client_app, "train_local", config.clients_per_round),
-                ("vectorized", fedsign.engines.vectorized, "train_clients", 1)):
+        for label, extra in runs:
+            config = RunConfig.from_overrides(f"{overrides} {extra} out-dir='{tmp}/{label}'").resolved()
+            vectorized = config.engine == "vectorized"
+            module, name = (fedsign.engines.vectorized, "train_clients") if vectorized else \
+                (fedsign.client_app, "train_local")
+            calls_per_round = 1 if vectorized else config.clients_per_round
             durations: list[float] = []
             original = getattr(module, name)
 
@@ -236,20 +238,36 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
 
             setattr(module, name, timed)
             try:
-                run_config = config.replace(engine=engine, out_dir=f"{tmp}/{engine}")
-                run_inprocess(run_config, progress=False)
+                run_inprocess(config, progress=False)
             finally:
                 setattr(module, name, original)
-            history = read_metrics(Path(run_config.out_dir))
+            history = read_metrics(Path(config.out_dir))
             train = [sum(durations[i:i + calls_per_round]) for i in range(0, len(durations), calls_per_round)]
             measured = range(1, len(history) - 1) if len(history) > 2 else range(len(history))  # not 1st, not eval
             round_s = statistics.median(history[i]["seconds"] for i in measured)
             train_s = statistics.median(train[i] for i in measured)
             overhead = statistics.median(history[i]["seconds"] - train[i] for i in measured)
-            rows.append({"engine": engine, "round_s": round_s, "train_s": train_s, "overhead_s": overhead,
+            rows.append({"engine": label, "round_s": round_s, "train_s": train_s, "overhead_s": overhead,
                          "overhead_fraction": overhead / round_s})
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     return rows
+
+
+def mnist_rows(args: argparse.Namespace) -> list[dict]:
+    """Sequential and vectorized engine on MNIST (cnn, 20 clients, 10 per round): s/round and overhead."""
+    overrides = (f"strategy='fedavg' dataset='mnist' data-dir='{args.data_dir}' model='cnn' num-clients=20 "
+                 f"clients-per-round=10 num-rounds={args.rounds} local-epochs=1 eval-every={args.rounds} "
+                 f"seed=0 {args.extra}")
+    return overhead_rows(overrides, [("inprocess", "engine='inprocess'"), ("vectorized", "engine='vectorized'")])
+
+
+def preset_rows(args: argparse.Namespace) -> list[dict]:
+    """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine."""
+    from table1 import PRESETS, merge_overrides
+
+    overrides = merge_overrides(PRESETS["cpu-converged"].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
+                                f"num-rounds={args.rounds} eval-every={args.rounds}", args.extra)
+    return overhead_rows(overrides, [(name, f"strategy='{name}'") for name in ("fedavg", "fedsign", "moon", "feddyn")])
 
 
 def main() -> None:
@@ -258,7 +276,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 4 for --only mnist)")
     parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--only", choices=("engines", "landscape", "mnist"), help="run one part")
+    parser.add_argument("--only", choices=("engines", "landscape", "mnist", "cpu-converged"), help="run one part")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/mnist"), help="MNIST (--only mnist)")
     parser.add_argument("--points", type=int, default=21, help="landscape points on the line (default 21)")
     parser.add_argument("--chunk", type=int, default=8, help="landscape points per vmapped call (default 8)")
@@ -270,14 +288,20 @@ def main() -> None:
     machine = f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, " \
               f"torch {torch.__version__}"
     out = Path(args.out)
-    if args.only == "mnist":
-        rows = mnist_rows(args)
-        write_table(rows, out.with_name(out.name + "_mnist"),
-                    "| engine | s/round | raw training s/round | overhead s/round | overhead / round |",
-                    lambda r: [r["engine"], f"{r['round_s']:.2f}", f"{r['train_s']:.2f}", f"{r['overhead_s']:.2f}",
+    if args.only in ("cpu-converged", "mnist"):
+        if args.only == "mnist":
+            rows, first = mnist_rows(args), "engine"
+            note = "MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32"
+        else:
+            rows, first, note = preset_rows(args), "method", (
+                "Table-1 preset cpu-converged (Fashion-MNIST 6,000 samples, cnn_small, 100 clients, 10 per round, "
+                "E = 5, B = 64), alpha 0.5, in-process engine")
+        write_table(rows, out.with_name(f"{out.name}_{args.only.replace('-', '_')}"),
+                    f"| {first} | s/round | raw training s/round | overhead s/round | overhead / round |",
+                    lambda r: [r["engine"], f"{r['round_s']:.3f}", f"{r['train_s']:.3f}", f"{r['overhead_s']:.3f}",
                                f"{100 * r['overhead_fraction']:.0f} %"],
-                    f"\n\n{machine}; MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32, "
-                    f"{args.rounds} rounds (median of rounds 2.. without the evaluated last one).\n")
+                    f"\n\n{machine}; {note}, {args.rounds} rounds (median of rounds 2.. without the evaluated "
+                    "last one).\n")
         return
     if args.only != "landscape":
         rows = engine_rows(args)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
@@ -50,8 +51,9 @@ class Checkpoint:
     state_key: str
     client_states: dict[int, RecordDict] | None = field(default=None)
 
-    def array_record(self) -> ArrayRecord:
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in self.arrays.items()})
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The global model's arrays as tensors on ``device``."""
+        return {k: torch.from_numpy(np.array(v)).to(device) for k, v in self.arrays.items()}
 
 
 def checkpoint_path(out_dir: str | os.PathLike) -> Path:

@@ -2,9 +2,11 @@
 
 The node's ``partition-id`` (node config) selects its Dirichlet partition; every other
 setting comes from the run config, the same on all nodes. Per-client algorithm state
-(MOON's previous model, FedDyn's g_k) lives in ``context.state`` between rounds, or, when
-the node config sets ``state-dir``, on the node's disk, where it survives a SuperNode
-restart (Flower keeps ``context.state`` in the SuperNode's memory only). A node config
+(MOON's previous model, FedDyn's g_k) lives in ``context.state`` between rounds (as device
+tensors when the engine's contexts hold a ``DeviceRecordDict``, as ArrayRecords otherwise),
+or, when the node config sets ``state-dir``, on the node's disk, where it survives a SuperNode
+restart (Flower keeps ``context.state`` in the SuperNode's memory only). The model a client
+trains comes from the process's ``CLIENT_MODELS`` (built once, reused by every client). A node config
 ``data-dir`` replaces the run's data-dir on that node.
 """
 
@@ -25,8 +27,9 @@ from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.results import atomic_write
-from fedsign.task import build_run_model, client_data, load_arrays, model_arrays, run_partitions
-from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, term_grad_ratio, train_local
+from fedsign.task import CLIENT_MODELS, build_run_model, client_data, load_tensors, model_tensors, run_partitions
+from fedsign.tensors import DeviceRecordDict, pack, to_array_record, unpack
+from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
 
 STATE_PREFIX = "client-state."
 
@@ -63,6 +66,8 @@ def state_file(context: Context, state_key: str) -> Path | None:
 def load_state(context: Context, state_key: str = "") -> ClientState:
     """This client's state: from its ``state_file`` when there is one, else ``context.state``."""
     path = state_file(context, state_key or f"run-{context.run_id}")
+    if path is None and isinstance(context.state, DeviceRecordDict):
+        return dict(context.state.tensors)
     if path is None:
         return {key[len(STATE_PREFIX):]: record.to_torch_state_dict()
                 for key, record in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
@@ -78,6 +83,10 @@ def load_state(context: Context, state_key: str = "") -> ClientState:
 def save_state(context: Context, state: ClientState, state_key: str = "") -> None:
     """Keep ``state`` where ``load_state`` finds it (the file is replaced atomically)."""
     path = state_file(context, state_key or f"run-{context.run_id}")
+    if path is None and isinstance(context.state, DeviceRecordDict):
+        context.state.tensors.update({name: {k: v.detach() for k, v in tensors.items()}
+                                      for name, tensors in state.items()})
+        return
     if path is None:
         for name, tensors in state.items():
             context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
@@ -87,6 +96,23 @@ def save_state(context: Context, state: ClientState, state_key: str = "") -> Non
     flat = {f"{name}/{param}": v.detach().cpu().contiguous() for name, tensors in state.items()
             for param, v in tensors.items()}
     atomic_write(path, save(flat))
+
+
+def state_records(context: Context) -> RecordDict:
+    """This node's ``context.state`` with client state held as device tensors turned into ArrayRecords
+    (what a checkpoint keeps)."""
+    state = context.state
+    if not isinstance(state, DeviceRecordDict):
+        return state
+    return RecordDict({**state, **{STATE_PREFIX + name: to_array_record(tensors)
+                                   for name, tensors in state.tensors.items()}})
+
+
+def device_state(records: RecordDict) -> DeviceRecordDict:
+    """``state_records``' inverse: a context state holding the client state as tensors."""
+    tensors = {key[len(STATE_PREFIX):]: record.to_torch_state_dict()
+               for key, record in records.array_records.items() if key.startswith(STATE_PREFIX)}
+    return DeviceRecordDict({k: v for k, v in records.items() if not k.startswith(STATE_PREFIX)}, tensors)
 
 
 def train_settings(config: RunConfig) -> TrainSettings:
@@ -117,7 +143,7 @@ class LocalTraining:
     labels: Tensor
     seed: int
     term_inputs: dict | None = None  # the algorithm's term_inputs (None without a term)
-    term_grad_ratio: float | None = None
+    owns_model: bool = True  # the model came from CLIENT_MODELS for this job alone (``end_training`` returns it)
 
     @property
     def config(self) -> RunConfig:
@@ -140,9 +166,9 @@ def received_config(msg: Message, context: Context) -> RunConfig:
     return config.replace(**{h.field: type(h.default)(sent[h.key]) for h in hyperparameters})
 
 
-def begin_training(msg: Message, context: Context) -> LocalTraining:
-    """Build the model with the received global arrays, this client's state and data; measure
-    ``term_grad_ratio`` on the first step when the algorithm has a loss term."""
+def begin_training(msg: Message, context: Context, model: nn.Module | None = None) -> LocalTraining:
+    """Load the received global model into ``model`` (default: one from ``CLIENT_MODELS``); gather this
+    client's state and data, and the loss term's inputs when the algorithm has a term."""
     config = received_config(msg, context)
     pid = partition_id(context)
     server_round = int(msg.content["config"]["server-round"])
@@ -150,49 +176,69 @@ def begin_training(msg: Message, context: Context) -> LocalTraining:
     fault = fault_for(config.fail_partitions, config.num_clients, pid, server_round)
     if fault:
         fail_before_training(fault, config.round_timeout)
-    device = resolve_device(config.device)
     algorithm = make_client_algorithm(config)
-    model = build_run_model(config, algorithm).to(device)
-    load_arrays(model, msg.content["arrays"])
-    images, labels = client_data(config, pid, device)
-    partitions = run_partitions(config)
-    ctx = ClientRound(
-        config=config, model=model, global_params={k: v.detach().clone() for k, v in model.named_parameters()},
-        state=load_state(context, state_key), partition_id=pid, server_round=server_round,
-        num_examples=len(images), mean_num_examples=sum(len(p) for p in partitions) / len(partitions),
-        fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),
-    )
-    job = LocalTraining(msg, context, algorithm, ctx, state_key, fault, images, labels,
-                        derive_seed(config.seed, server_round, pid))
-    if algorithm.has_term:
-        job.term_inputs = algorithm.term_inputs(ctx)
-        job.term_grad_ratio = term_grad_ratio(model, images, labels, train_settings(config), seed=job.seed,
-                                              transform=make_batch_transform(DATASETS[config.dataset], train=True),
-                                              term=algorithm.make_term(ctx, job.term_inputs))
+    owns_model = model is None
+    if model is None:
+        model = CLIENT_MODELS.acquire(config, algorithm, resolve_device(config.device))
+    try:
+        device = next(model.parameters()).device
+        received = unpack(msg.content, "arrays", device)
+        if received is None:
+            raise ValueError("the server's train message has no 'arrays' (the global model)")
+        load_tensors(model, received)
+        images, labels = client_data(config, pid, device)
+        partitions = run_partitions(config)
+        ctx = ClientRound(
+            config=config, model=model, global_params={k: v.detach().clone() for k, v in model.named_parameters()},
+            state=load_state(context, state_key), partition_id=pid, server_round=server_round,
+            num_examples=len(images), mean_num_examples=sum(len(p) for p in partitions) / len(partitions),
+            fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),
+        )
+        job = LocalTraining(msg, context, algorithm, ctx, state_key, fault, images, labels,
+                            derive_seed(config.seed, server_round, pid), owns_model=owns_model)
+        if algorithm.has_term:
+            job.term_inputs = algorithm.term_inputs(ctx)
+    except BaseException:
+        if owns_model:
+            CLIENT_MODELS.release(model)
+        raise
     return job
 
 
 def finish_training(job: LocalTraining, stats: TrainStats) -> Message:
-    """Update the client state and reply with the trained model and its metrics."""
+    """Update the client state and reply with the trained model and its metrics, in the form the
+    global model came in (by reference within the process, an ArrayRecord across processes)."""
     extra = job.algorithm.finish(job.round)
     save_state(job.context, job.round.state, job.state_key)
     metrics = {"num-examples": stats.num_examples, "train_loss": stats.train_loss, "ce_loss": stats.ce_loss, **extra}
-    if job.term_grad_ratio is not None:
-        metrics["term_grad_ratio"] = job.term_grad_ratio
-    arrays = model_arrays(job.model)
+    if stats.term_grad_ratio is not None:  # the median over the round's clients goes to metrics.csv
+        metrics["term_grad_ratio"] = stats.term_grad_ratio
+    tensors = model_tensors(job.model)
     if job.fault:
-        arrays = corrupt_reply(job.fault, arrays)
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=job.msg)
+        tensors = corrupt_reply(job.fault, tensors)
+    content = pack({"metrics": MetricRecord(metrics)}, "arrays", tensors,
+                   by_reference=isinstance(job.msg.content, DeviceRecordDict))
+    return Message(content, reply_to=job.msg)
+
+
+def end_training(job: LocalTraining) -> None:
+    """Give the job's model back to ``CLIENT_MODELS`` when it took one."""
+    if job.owns_model:
+        CLIENT_MODELS.release(job.model)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition and reply with it."""
     job = begin_training(msg, context)
-    stats = train_local(
-        job.model, job.images, job.labels, train_settings(job.config),
-        seed=job.seed,
-        transform=make_batch_transform(DATASETS[job.config.dataset], train=True),
-        term=job.algorithm.make_term(job.round, job.term_inputs),
-    )
-    return finish_training(job, stats)
+    try:
+        stats = train_local(
+            job.model, job.images, job.labels, train_settings(job.config),
+            seed=job.seed,
+            transform=make_batch_transform(DATASETS[job.config.dataset], train=True),
+            term=job.algorithm.make_term(job.round, job.term_inputs),
+            measure_term=job.algorithm.has_term,
+        )
+        return finish_training(job, stats)
+    finally:
+        end_training(job)

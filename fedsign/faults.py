@@ -21,8 +21,8 @@ import os
 import re
 import time
 
-import numpy as np
-from flwr.app import Array, ArrayRecord
+import torch
+from torch import Tensor
 
 MODES = ("raise", "hang", "crash", "nan", "shape")
 CRASH_EXIT_CODE = 70
@@ -70,13 +70,12 @@ def fail_before_training(mode: str, round_timeout: float) -> None:
         os._exit(CRASH_EXIT_CODE)
 
 
-def corrupt_reply(mode: str, arrays: ArrayRecord) -> ArrayRecord:
-    """The reply arrays for ``nan`` and ``shape``; unchanged for the other modes."""
+def corrupt_reply(mode: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The reply tensors for ``nan`` and ``shape``; unchanged for the other modes."""
     if mode == "nan":
-        return ArrayRecord({k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+        return {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
     if mode == "shape":
-        items = list(arrays.items())
-        first, array = items[0]
-        return ArrayRecord({first: Array(array.numpy().reshape(-1)[:-1].copy()),
-                            **dict(items[1:])})
-    return arrays
+        items = list(tensors.items())
+        first, tensor = items[0]
+        return {first: tensor.reshape(-1)[:-1].clone(), **dict(items[1:])}
+    return tensors

@@ -17,7 +17,7 @@ from uuid import uuid4
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
@@ -29,8 +29,9 @@ from fedsign.data import DATASETS, make_batch_transform, write_partition_report
 from fedsign.landscape.signs import sign_consistency
 from fedsign.models import parameter_groups
 from fedsign.results import RunFailed, RunInterrupted, RunResults
-from fedsign.task import (build_run_model, dataset, load_arrays, model_arrays, run_partitions, test_data,
+from fedsign.task import (build_run_model, dataset, load_tensors, model_tensors, run_partitions, test_data,
                           validation_data)
+from fedsign.tensors import Tensors, finite_flags
 from fedsign.training import evaluate, resolve_device
 from strategies import FedAvg
 
@@ -80,19 +81,19 @@ def discover_nodes(grid: Grid, config: RunConfig, timeout: float = 600.0) -> lis
 
 
 def sign_tracking(
-    previous: ArrayRecord, new: ArrayRecord, client_arrays: list[ArrayRecord], groups: dict[str, str]
+    previous: Tensors, new: Tensors, client_arrays: list[Tensors], groups: dict[str, str]
 ) -> dict[str, float]:
     """SSR of the new global model against the previous one (``ssr_global*``) and the mean SSR
     of each participant's model against the global model it received (``ssr_clients*``),
-    overall and per parameter group, over trainable parameters."""
+    overall and per parameter group, over trainable parameters (on the tensors' device)."""
 
-    def tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(arrays[k].numpy()) for k in groups if k in arrays}
+    def trainable(tensors: Tensors) -> Tensors:
+        return {k: tensors[k] for k in groups if k in tensors}
 
-    sent = tensors(previous)
-    row = {_ssr_key("ssr_global", g): v for g, v in sign_consistency(sent, tensors(new), groups).items()}
+    sent = trainable(previous)
+    row = {_ssr_key("ssr_global", g): v for g, v in sign_consistency(sent, trainable(new), groups).items()}
     if client_arrays:  # stacked: one comparison per parameter for all clients (their mean SSR)
-        clients = {k: torch.stack([torch.from_numpy(a[k].numpy()) for a in client_arrays]) for k in sent}
+        clients = {k: torch.stack([a[k] for a in client_arrays]) for k in sent}
         row.update({_ssr_key("ssr_clients", g): v for g, v in sign_consistency(sent, clients, groups).items()})
     return row
 
@@ -113,7 +114,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     partitions = run_partitions(config)
     model = build_run_model(config).to(device)
     strategy = make_strategy(config)
-    arrays = model_arrays(model)
+    arrays = model_tensors(model)
     results = RunResults.open_run(config.out_dir, resume=config.resume)
     try:
         checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
@@ -147,9 +148,10 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     return results
 
 
-def check_checkpoint(checkpoint: Checkpoint, config: RunConfig, arrays: ArrayRecord, where: str) -> None:
+def check_checkpoint(checkpoint: Checkpoint, config: RunConfig, arrays: Tensors, where: str) -> None:
     """CheckpointError unless ``checkpoint`` fits this run's model (``arrays``) and strategy."""
-    check_arrays(checkpoint, {k: (tuple(a.shape), np.dtype(a.numpy().dtype)) for k, a in arrays.items()}, where)
+    check_arrays(checkpoint, {k: (tuple(a.shape), np.dtype(str(a.dtype).removeprefix("torch.")))
+                              for k, a in arrays.items()}, where)
     try:
         make_strategy(config).load_state_dict(checkpoint.strategy)  # tried on a throw-away strategy
     except (KeyError, TypeError, ValueError) as err:
@@ -178,30 +180,27 @@ def load_checkpoint_round(out_dir: Path) -> int:
     return checkpoint.round if checkpoint is not None else 0
 
 
-def all_finite(arrays: ArrayRecord) -> bool:
-    return all(np.isfinite(a.numpy()).all() for a in arrays.values() if np.issubdtype(a.numpy().dtype, np.floating))
-
-
 @dataclass
 class RunState:
     """What changes from round to round: the global arrays, the first round still to run and the key
     under which SuperNodes keep this run's client state."""
 
-    arrays: ArrayRecord
+    arrays: Tensors  # on the server's device
     first_round: int
     state_key: str
 
 
-def restore(checkpoint: Checkpoint | None, arrays: ArrayRecord, strategy: FedAvg, grid: Grid,
+def restore(checkpoint: Checkpoint | None, arrays: Tensors, strategy: FedAvg, grid: Grid,
             results: RunResults) -> RunState:
-    """The run's starting state: round 1 from ``arrays``, or where ``checkpoint`` left off."""
+    """The run's starting state: round 1 from ``arrays``, or where ``checkpoint`` left off (on their device)."""
     if checkpoint is None:
         return RunState(arrays, 1, uuid4().hex)
     strategy.load_state_dict(checkpoint.strategy)
     results.set_rows(checkpoint.rows)
     if checkpoint.client_states is not None and hasattr(grid, "load_client_states"):
         grid.load_client_states(checkpoint.client_states)
-    return RunState(checkpoint.array_record(), checkpoint.round + 1, checkpoint.state_key)
+    device = next(iter(arrays.values())).device
+    return RunState(checkpoint.tensors(device), checkpoint.round + 1, checkpoint.state_key)
 
 
 def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState, server_round: int,
@@ -217,11 +216,10 @@ def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState
                            "num_failures": len(result.dropped) + len(messages) - len(replies)}
     if result.arrays is None:  # fewer than min-replies usable replies: the global model stays
         row["skipped"] = 1
-    elif not all_finite(result.arrays):
+    elif not finite_flags([result.arrays])[0]:
         row["diverged"] = 1
     else:
-        client_arrays = [c.array_records[strategy.arrayrecord_key] for c in result.usable]
-        row.update(sign_tracking(state.arrays, result.arrays, client_arrays, groups))
+        row.update(sign_tracking(state.arrays, result.arrays, result.client_arrays, groups))
         state.arrays = result.arrays
     if result.metrics is not None:
         row["train_loss"] = result.metrics.get("train_loss")
@@ -232,12 +230,12 @@ def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState
     return row
 
 
-def evaluate_models(model: torch.nn.Module, models: dict[str, ArrayRecord], splits: dict[str, tuple],
+def evaluate_models(model: torch.nn.Module, models: dict[str, Tensors], splits: dict[str, tuple],
                     transform) -> dict[str, float]:
     """Accuracy and loss of each named model (``""``: the global one) on each named split (``""``: test)."""
     row = {}
     for name, arrays in models.items():
-        load_arrays(model, arrays)
+        load_tensors(model, arrays)
         for split, (x, y) in splits.items():
             prefix = "".join(f"{part}_" for part in (name, split) if part)
             row[f"{prefix}accuracy"], row[f"{prefix}loss"] = evaluate(model, x, y, transform)
@@ -245,7 +243,7 @@ def evaluate_models(model: torch.nn.Module, models: dict[str, ArrayRecord], spli
 
 
 def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.Module, strategy: FedAvg,
-            arrays: ArrayRecord, checkpoint: Checkpoint | None, progress: bool) -> None:
+            arrays: Tensors, checkpoint: Checkpoint | None, progress: bool) -> None:
     """The round loop (after the out-dir was opened): restore, then per round train, evaluate every
     ``eval-every`` rounds, write metrics and checkpoint; finally the model."""
     device = next(model.parameters()).device
@@ -276,7 +274,7 @@ def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.
         if config.checkpoint_every and (server_round % config.checkpoint_every == 0
                                         or server_round == config.num_rounds):
             save_checkpoint(results.out_dir, Checkpoint(
-                round=server_round, config=config.to_dict(), arrays={k: a.numpy() for k, a in state.arrays.items()},
+                round=server_round, config=config.to_dict(), arrays={k: a.cpu().numpy() for k, a in state.arrays.items()},
                 strategy=strategy.state_dict(), rows=results.rows, state_key=state.state_key,
                 client_states=grid.client_states() if hasattr(grid, "client_states") else None,
             ))
@@ -285,6 +283,6 @@ def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.
         raise RunFailed(f"every round failed: no round had min-replies={config.min_replies} usable replies "
                         f"({failures} failed or non-finite replies in {len(results.rows)} rounds; lr={config.lr:g}); "
                         "the model was never updated, so no final model is written")
-    load_arrays(model, state.arrays)
+    load_tensors(model, state.arrays)
     results.save_model(model)
     results.plot_accuracy()

@@ -6,17 +6,20 @@ in-process run (or a Ray worker serving many clients) decodes nothing twice.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
 from torch import Tensor, nn
 
 from clients import ClientAlgorithm, make_client_algorithm
 from fedsign.config import RunConfig
 from fedsign.data import DATASETS, ImageData, client_partitions, loaded_dataset, train_split
 from fedsign.models import build_model
+from fedsign.tensors import Tensors
 
 
 def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None, seed: int | None = None) -> nn.Module:
@@ -88,17 +91,63 @@ def validation_data(config: RunConfig, device: torch.device) -> tuple[Tensor, Te
     return x[idx], y[idx]
 
 
-def model_arrays(model: nn.Module) -> ArrayRecord:
-    """The model's floating-point state (parameters and BN statistics) as an ArrayRecord."""
-    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items() if v.is_floating_point()})
+def model_tensors(model: nn.Module) -> Tensors:
+    """Copies of the model's floating-point state (parameters and BN statistics), on its device."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
-def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Load an ArrayRecord made by ``model_arrays`` into ``model`` (keys must match)."""
-    state = arrays.to_torch_state_dict()
+def load_tensors(model: nn.Module, tensors: Tensors) -> None:
+    """Load what ``model_tensors`` returned (keys must match) into ``model``."""
     expected = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-    if list(state) != expected:
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
+    if list(tensors) != expected:
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
         raise ValueError(f"arrays do not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(tensors, strict=False)
+
+
+class ClientModels:
+    """The process's client models: built once per run config and device, then reused by every client
+    (``acquire`` returns an idle one, with its non-floating buffers reset to their built values, as a
+    freshly built model; the client loads the received global model into it, trains it and gives it
+    back with ``release``). A further model is built only while all are in use (a client still running
+    after its round timed out); the models of the two most recent configs are kept."""
+
+    def __init__(self, keep_configs: int = 2) -> None:
+        self.keep_configs = keep_configs
+        self.built = 0  # models built so far (a reuse test reads it)
+        self._idle: OrderedDict[str, list[tuple[nn.Module, dict[str, Tensor]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(config: RunConfig, device: torch.device) -> str:
+        return json.dumps([config.to_dict(), str(device)], sort_keys=True, default=str)
+
+    def acquire(self, config: RunConfig, algorithm: ClientAlgorithm, device: torch.device) -> nn.Module:
+        key = self._key(config, device)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            while len(self._idle) > self.keep_configs:
+                self._idle.popitem(last=False)
+            entry = idle.pop() if idle else None
+        if entry is None:
+            model = build_run_model(config, algorithm).to(device)
+            initial = {k: v.clone() for k, v in model.state_dict().items() if not v.is_floating_point()}
+            self.built += 1
+        else:
+            model, initial = entry
+            model.load_state_dict(initial, strict=False)
+        model._client_models_entry = (key, initial)  # noqa: SLF001 - where release puts it back
+        return model
+
+    def release(self, model: nn.Module) -> None:
+        """Give ``model`` back (its gradients dropped)."""
+        model.zero_grad(set_to_none=True)
+        key, initial = model.__dict__.pop("_client_models_entry")
+        with self._lock:
+            if key in self._idle:
+                self._idle[key].append((model, initial))
+
+
+CLIENT_MODELS = ClientModels()

@@ -40,6 +40,7 @@ class TrainStats:
     ce_loss: float  # mean cross-entropy over all steps
     num_examples: int
     steps: int
+    term_grad_ratio: float | None = None  # ||grad term|| / ||grad CE|| on the first step, when measured
 
 
 def derive_seed(*parts: int) -> int:
@@ -95,12 +96,16 @@ def train_local(
     seed: int,
     transform: BatchTransform,
     term: LossTerm | None = None,
+    measure_term: bool = False,
 ) -> TrainStats:
     """Train ``model`` in place with SGD on ``(images, labels)``.
 
     ``images`` are uint8 ``[N, C, H, W]`` on the model's device; ``transform`` turns a
     batch into normalized floats (with augmentation drawn from the seeded generator).
-    ``seed`` fixes the batch order, the augmentation and dropout.
+    ``seed`` fixes the batch order, the augmentation and dropout. ``measure_term`` (with a
+    ``term``): the first step takes the cross-entropy's and the term's gradients separately
+    (their sum is the step's gradient) and ``TrainStats.term_grad_ratio`` is the ratio of their
+    norms over the trainable parameters, at the cost of one backward pass of the term.
     """
     if len(images) == 0:
         raise ValueError("train_local got an empty dataset")
@@ -113,18 +118,29 @@ def train_local(
         weight_decay=settings.weight_decay,
     )
     params = dict(model.named_parameters())
+    trainable = [p for p in params.values() if p.requires_grad]
     device = images.device
     model.train()
     total, total_ce, steps = 0.0, 0.0, 0
+    ratio = None
     for idx in batch_order(len(images), settings.batch_size, settings.epochs, generator):
         idx = idx.to(device)
         x = transform(images[idx], generator)
         y = labels[idx]
         logits, features = model(x, return_features=True)
         ce = F.cross_entropy(logits, y)
-        loss = ce + term(params, features, x, y) if term is not None else ce
+        extra = term(params, features, x, y) if term is not None else None
+        loss = ce + extra if extra is not None else ce
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if measure_term and extra is not None and steps == 0:
+            ce_grads = torch.autograd.grad(ce, trainable, retain_graph=True, allow_unused=True)
+            term_grads = (torch.autograd.grad(extra, trainable, allow_unused=True) if extra.requires_grad
+                          else [None] * len(trainable))
+            for p, g_ce, g_term in zip(trainable, ce_grads, term_grads):
+                p.grad = g_term if g_ce is None else (g_ce if g_term is None else g_ce + g_term)
+            ratio = _grad_norm(term_grads) / _grad_norm(ce_grads)
+        else:
+            loss.backward()
         if settings.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
@@ -136,7 +152,13 @@ def train_local(
         ce_loss=float(total_ce) / steps,
         num_examples=len(images),
         steps=steps,
+        term_grad_ratio=None if ratio is None else _finite_ratio(ratio),
     )
+
+
+def _finite_ratio(ratio: Tensor) -> float:
+    value = float(ratio)
+    return value if value == value else float("inf")  # 0/0 (no CE gradient): as term_grad_ratio's inf
 
 
 def term_grad_ratio(
@@ -150,9 +172,12 @@ def term_grad_ratio(
     term: LossTerm,
 ) -> float:
     """||grad term|| / ||grad CE|| over the trainable parameters on the first step
-    ``train_local`` would take with the same arguments (same batch and augmentation).
+    ``train_local`` would take with the same arguments (same batch, augmentation and dropout),
+    without taking it: what ``train_local(measure_term=True)`` reports, for callers that train
+    otherwise (the vectorized engine) or not at all (``benchmarks/term_strength.py``).
 
-    The model is left as it was: BN statistics are updated on copies, and no parameter moves.
+    The model and the global RNG are left as they were: BN statistics are updated on copies, no
+    parameter moves, and dropout draws from a forked generator seeded like ``train_local``'s.
     """
     generator = torch.Generator().manual_seed(seed)
     idx = batch_order(len(images), settings.batch_size, settings.epochs, generator)[0].to(images.device)
@@ -161,13 +186,16 @@ def term_grad_ratio(
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     was_training = model.training
     model.train()
+    fork = [images.device] if images.device.type == "cuda" else []
     try:
-        logits, features = torch.func.functional_call(model, (params, buffers), (x,), {"return_features": True})
-        ce = F.cross_entropy(logits, y)
-        extra = term(params, features, x, y)
-        trainable = [p for p in params.values() if p.requires_grad]
-        ce_grads = torch.autograd.grad(ce, trainable, retain_graph=True, allow_unused=True)
-        term_grads = torch.autograd.grad(extra, trainable, allow_unused=True) if extra.requires_grad else []
+        with torch.random.fork_rng(devices=fork):
+            torch.manual_seed(seed)  # dropout as on train_local's first step, whatever ran before
+            logits, features = torch.func.functional_call(model, (params, buffers), (x,), {"return_features": True})
+            ce = F.cross_entropy(logits, y)
+            extra = term(params, features, x, y)
+            trainable = [p for p in params.values() if p.requires_grad]
+            ce_grads = torch.autograd.grad(ce, trainable, retain_graph=True, allow_unused=True)
+            term_grads = torch.autograd.grad(extra, trainable, allow_unused=True) if extra.requires_grad else []
     finally:
         model.train(was_training)
     ce_norm = _grad_norm(ce_grads)

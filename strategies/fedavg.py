@@ -5,9 +5,13 @@ weights by ``num-examples``. This subclass keeps Flower's aggregation (the same
 function, so identical results for the same replies) and adds:
 
 - seeded sampling over a stable node order (by partition id, see ``set_node_order``);
+- the model as tensors on the server's device (``fedsign.tensors``): sent by reference to a grid
+  that shares this process, as an ArrayRecord otherwise; screening and aggregation run on the
+  device with Flower's arithmetic (the weighted mean equals Flower's to the bit);
 - ``weighted=False`` for the unweighted mean the authors' FedRepo code uses;
 - reply screening: error replies and replies whose arrays are non-finite or do not
-  match the keys and shapes that were sent are dropped and counted, never averaged;
+  match the keys and shapes that were sent are dropped and counted, never averaged; the
+  others are aggregated in partition order whatever order they arrived in;
 - ``client_config``: the algorithm's hyperparameters, sent to every sampled client in
   ``configure_train`` (as Flower's FedProx sends ``proximal-mu``).
 """
@@ -22,22 +26,26 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
+
+from fedsign.tensors import Tensors, as_tensors, finite_flags, pack, shares_process, to_array_record, unpack
 
 
 @dataclass(frozen=True)
 class RoundResult:
-    """One round's outcome: the new global arrays and train metrics (None when the round is skipped:
-    fewer than ``min_replies`` usable replies), the usable replies' contents and why the others were dropped."""
+    """One round's outcome: the new global model and train metrics (None when the round is skipped:
+    fewer than ``min_replies`` usable replies), the usable replies' contents and models, and why the
+    others were dropped."""
 
-    arrays: ArrayRecord | None
+    arrays: Tensors | None
     metrics: MetricRecord | None
     usable: list[RecordDict]
     dropped: list[str]
+    client_arrays: list[Tensors]
 
 
 class FedAvg(FlowerFedAvg):
@@ -77,14 +85,14 @@ class FedAvg(FlowerFedAvg):
         self.client_config = dict(client_config or {})
         self.rng = random.Random(seed)
         self.node_order: list[int] | None = None
-        self.sent_arrays: ArrayRecord | None = None
+        self.sent_arrays: Tensors | None = None
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
         """Constructor arguments of this strategy taken from a run config (none for FedAvg)."""
         return {}
 
-    def evaluation_extras(self) -> dict[str, ArrayRecord]:
+    def evaluation_extras(self) -> dict[str, Tensors]:
         """Further models of the last round the server should evaluate, by name (none here)."""
         return {}
 
@@ -105,9 +113,10 @@ class FedAvg(FlowerFedAvg):
         return self.rng.sample(order, sample_size)
 
     def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, server_round: int, arrays: ArrayRecord | Tensors, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global arrays, config and ``client_config`` to a seeded sample of nodes."""
+        """Send the global model (tensors, or an ArrayRecord as Flower passes it), config and
+        ``client_config`` to a seeded sample of nodes."""
         if self.fraction_train == 0.0:
             return []
         node_ids = self.sample_train_nodes(grid)
@@ -115,74 +124,91 @@ class FedAvg(FlowerFedAvg):
         for key, value in self.client_config.items():
             config[key] = value
         config["server-round"] = server_round
-        self.sent_arrays = arrays
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self.sent_arrays = as_tensors(arrays)
+        record = pack({self.configrecord_key: config}, self.arrayrecord_key, self.sent_arrays,
+                      by_reference=shares_process(grid))
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
     # ------------------------------------------------------------- aggregation
-    def screen_replies(self, replies: Iterable[Message]) -> tuple[list[RecordDict], list[str]]:
-        """(contents of the usable replies, why each other reply was dropped)."""
-        usable: list[RecordDict] = []
+    def screen_replies(self, replies: Iterable[Message]) -> tuple[list[RecordDict], list[Tensors], list[str]]:
+        """(contents of the usable replies, their models on the device of the sent model, why each
+        other reply was dropped), in the node order of ``set_node_order`` (partition order), not in
+        the order replies arrived: floating-point sums then do not depend on the engine's timing."""
+        candidates: list[tuple[Message, Tensors]] = []
         dropped: list[str] = []
-        for msg in replies:
-            reason = self._reply_problem(msg)
+        rank = {node: i for i, node in enumerate(self.node_order or [])}
+        for msg in sorted(replies, key=lambda m: rank.get(m.metadata.src_node_id, len(rank))):
+            tensors, reason = self._reply_problem(msg)
             if reason is None:
-                usable.append(msg.content)
+                candidates.append((msg, tensors))
             else:
-                dropped.append(reason)
-                log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason.splitlines()[0])
-        return usable, dropped
+                self._drop(msg, reason, dropped)
+        usable, models = [], []
+        for (msg, tensors), finite in zip(candidates, finite_flags([t for _, t in candidates])):
+            if finite:
+                usable.append(msg.content)
+                models.append(tensors)
+            else:
+                name = next(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+                self._drop(msg, f"array '{name}' has non-finite values", dropped)
+        return usable, models, dropped
 
-    def _reply_problem(self, msg: Message) -> str | None:
+    @staticmethod
+    def _drop(msg: Message, reason: str, dropped: list[str]) -> None:
+        dropped.append(reason)
+        log(WARNING, "dropped reply from node %s: %s", msg.metadata.src_node_id, reason.splitlines()[0])
+
+    def _reply_problem(self, msg: Message) -> tuple[Tensors | None, str | None]:
+        """(the reply's model, None) or (None, why it is unusable); finiteness is checked later for all at once."""
         if msg.has_error():
-            return f"client error: {msg.error.reason}"
+            return None, f"client error: {msg.error.reason}"
         content = msg.content
-        if self.arrayrecord_key not in content.array_records:
-            return f"no ArrayRecord '{self.arrayrecord_key}'"
+        device = next(iter(self.sent_arrays.values())).device if self.sent_arrays else "cpu"
+        tensors = unpack(content, self.arrayrecord_key, device)
+        if tensors is None:
+            return None, f"no ArrayRecord '{self.arrayrecord_key}'"
         metric_records = list(content.metric_records.values())
         if not metric_records or self.weighted_by_key not in metric_records[0]:
-            return f"no '{self.weighted_by_key}' metric"
+            return None, f"no '{self.weighted_by_key}' metric"
         weight = metric_records[0][self.weighted_by_key]
         if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
-            return f"bad '{self.weighted_by_key}' value {weight!r}"
-        arrays = content.array_records[self.arrayrecord_key]
+            return None, f"bad '{self.weighted_by_key}' value {weight!r}"
         if self.sent_arrays is not None:
-            if list(arrays.keys()) != list(self.sent_arrays.keys()):
-                return "array keys differ from the global model's"
+            if list(tensors) != list(self.sent_arrays):
+                return None, "array keys differ from the global model's"
             for key, sent in self.sent_arrays.items():
-                if tuple(arrays[key].shape) != tuple(sent.shape):
-                    return f"array '{key}' has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
-        for key, array in arrays.items():
-            if not np.isfinite(array.numpy()).all():
-                return f"array '{key}' has non-finite values"
-        return None
+                if tuple(tensors[key].shape) != tuple(sent.shape):
+                    return None, f"array '{key}' has shape {tuple(tensors[key].shape)}, expected {tuple(sent.shape)}"
+        return tensors, None
 
-    def aggregate_arrays(self, contents: list[RecordDict]) -> ArrayRecord:
-        """Weighted (Flower's own function) or plain mean of the replies' arrays."""
-        if self.weighted:
-            return aggregate_arrayrecords(contents, self.weighted_by_key)
-        keys = list(contents[0].array_records[self.arrayrecord_key].keys())
-        mean = {
-            key: np.mean([c.array_records[self.arrayrecord_key][key].numpy() for c in contents], axis=0)
-            for key in keys
-        }
-        return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in mean.items()})
+    def aggregate_arrays(self, models: list[Tensors], contents: list[RecordDict]) -> Tensors:
+        """The weighted mean of the replies' ``models`` by their ``weighted_by_key`` metric (Flower's
+        ``aggregate_arrayrecords`` arithmetic: factors w/Σw, summed in reply order), or the plain mean."""
+        if not self.weighted:
+            return {key: torch.stack([m[key] for m in models]).mean(0) for key in models[0]}
+        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+        total = sum(weights)
+        mean: Tensors = {}
+        for model, weight in zip(models, weights):
+            for key, value in model.items():
+                mean[key] = value * (weight / total) if key not in mean else mean[key] + value * (weight / total)
+        return mean
 
     def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> "RoundResult":
         """Screen and aggregate one round's replies: what the server's round loop needs."""
-        usable, dropped = self.screen_replies(replies)
+        usable, models, dropped = self.screen_replies(replies)
         if not usable or len(usable) < self.min_replies:
-            return RoundResult(None, None, usable, dropped)
-        return RoundResult(self.aggregate_arrays(usable), self.train_metrics_aggr_fn(usable, self.weighted_by_key),
-                           usable, dropped)
+            return RoundResult(None, None, usable, dropped, models)
+        return RoundResult(self.aggregate_arrays(models, usable),
+                           self.train_metrics_aggr_fn(usable, self.weighted_by_key), usable, dropped, models)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's interface: the aggregated arrays and metrics (None, None when fewer than
-        ``min_replies`` replies are usable)."""
+        """Flower's interface: the aggregated arrays as an ArrayRecord and the metrics (None, None when
+        fewer than ``min_replies`` replies are usable)."""
         result = self.aggregate_round(server_round, replies)
-        return result.arrays, result.metrics
+        return (None if result.arrays is None else to_array_record(result.arrays)), result.metrics
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

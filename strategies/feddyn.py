@@ -20,9 +20,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedsign.tensors import Tensors
 from strategies.fedavg import FedAvg
 
 BN_STATISTICS = ("running_mean", "running_var")
@@ -52,47 +54,46 @@ class FedDyn(FedAvg):
         if not alpha > 0:
             raise ValueError(f"FedDyn needs alpha > 0, got {alpha}")
         self.alpha = alpha
-        self.h: dict[str, np.ndarray] = {}
+        self.h: Tensors = {}  # float64, on the model's device
         self.num_clients = 0
-        self.participant_mean: ArrayRecord | None = None
+        self.participant_mean: Tensors | None = None
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
         return {"alpha": config.feddyn_alpha}
 
-    def evaluation_extras(self) -> dict[str, ArrayRecord]:
+    def evaluation_extras(self) -> dict[str, Tensors]:
         """The plain participant mean of the last round, as ``participant_mean``."""
         return {} if self.participant_mean is None else {"participant_mean": self.participant_mean}
 
     def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, server_round: int, arrays: ArrayRecord | Tensors, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's sampling; also records K, the number of all clients."""
         self.num_clients = len(list(grid.get_node_ids()))
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_arrays(self, contents: list[RecordDict]) -> ArrayRecord:
-        """Update h and return theta^t (module docstring)."""
+    def aggregate_arrays(self, models: list[Tensors], contents: list[RecordDict]) -> Tensors:
+        """Update h and return theta^t (module docstring), in float64 on the models' device."""
         if self.sent_arrays is None or self.num_clients == 0:
             raise RuntimeError("FedDyn.aggregate_arrays needs configure_train to have run this round")
-        self.participant_mean = super().aggregate_arrays(contents)
-        replies = [c.array_records[self.arrayrecord_key] for c in contents]
+        self.participant_mean = super().aggregate_arrays(models, contents)
         result = {}
         for key, mean in self.participant_mean.items():
             if not is_trainable(key):
                 result[key] = mean
                 continue
-            previous = self.sent_arrays[key].numpy().astype(np.float64)
-            drift = sum(r[key].numpy().astype(np.float64) - previous for r in replies)
-            self.h[key] = self.h.get(key, 0.0) - (self.alpha / self.num_clients) * drift
-            theta = mean.numpy().astype(np.float64) - self.h[key] / self.alpha
-            result[key] = Array(theta.astype(np.float32))
-        return ArrayRecord(result)
+            previous = self.sent_arrays[key].double()
+            drift = sum(m[key].double() - previous for m in models)
+            h = self.h[key].to(previous.device) if key in self.h else torch.zeros_like(previous)
+            self.h[key] = h - (self.alpha / self.num_clients) * drift
+            result[key] = (mean.double() - self.h[key] / self.alpha).float()
+        return result
 
     def state_dict(self) -> dict[str, Any]:
-        """FedAvg's state plus h."""
-        return {**super().state_dict(), "h": {k: v.copy() for k, v in self.h.items()}}
+        """FedAvg's state plus h (as float64 arrays)."""
+        return {**super().state_dict(), "h": {k: v.cpu().numpy().copy() for k, v in self.h.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.h = {k: np.asarray(v, dtype=np.float64) for k, v in state["h"].items()}
+        self.h = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in state["h"].items()}

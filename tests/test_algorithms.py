@@ -22,6 +22,7 @@ from fedsign.engines import InProcessGrid
 from fedsign.models import build_model
 from fedsign.server import make_strategy
 from fedsign.task import build_run_model
+from fedsign.tensors import unpack
 from strategies import STRATEGY_CLASSES, FedAvg, FedDyn
 
 
@@ -382,15 +383,16 @@ def test_every_strategy_has_a_server_and_a_client_class():
 
 
 def fake_client_app() -> ClientApp:
-    """A ClientApp whose 'training' adds node- and round-seeded noise to the received arrays."""
+    """A ClientApp whose 'training' adds node- and round-seeded noise to the received arrays and replies
+    with an ArrayRecord (as a client in another process does)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context) -> Message:
         server_round = int(msg.content["config"]["server-round"])
         rng = np.random.default_rng([context.node_id, server_round])
-        arrays = {k: Array((a.numpy() + rng.normal(size=a.shape)).astype(np.float32))
-                  for k, a in msg.content["arrays"].items()}
+        received = unpack(msg.content, "arrays", "cpu")  # by reference: InProcessGrid shares the process
+        arrays = {k: Array((a.numpy() + rng.normal(size=a.shape)).astype(np.float32)) for k, a in received.items()}
         metrics = MetricRecord({"num-examples": 10 * context.node_id + 3, "train_loss": 1.0})
         return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)
 
@@ -415,8 +417,7 @@ def test_fedavg_equals_flowers_fedavg_and_the_plain_mean():
     ours = FedAvg(fraction_train=0.5, min_train_nodes=3, min_available_nodes=6, weighted=True, seed=0)
     replies, weighted = one_round(ours, grid, 1, arrays)
     flower, _ = FlowerFedAvg(fraction_train=0.5, min_train_nodes=3).aggregate_train(1, replies)
-    plain = FedAvg(fraction_train=0.5, min_train_nodes=3, weighted=False).aggregate_arrays(
-        [r.content for r in replies])
+    plain, _ = FedAvg(fraction_train=0.5, min_train_nodes=3, weighted=False).aggregate_train(1, replies)
     sizes = {r.content["metrics"]["num-examples"] for r in replies}
     assert len(sizes) == 3  # distinct weights, so weighted and plain means differ
     for key in arrays:
@@ -424,6 +425,24 @@ def test_fedavg_equals_flowers_fedavg_and_the_plain_mean():
         mean = np.mean([r.content["arrays"][key].numpy() for r in replies], axis=0)
         np.testing.assert_allclose(plain[key].numpy(), mean, rtol=1e-6)
         assert not np.allclose(weighted[key].numpy(), mean)
+
+
+def test_aggregation_follows_partition_order_not_arrival_order():
+    """Float sums depend on their order; replies are summed in node order, so an engine whose replies
+    arrive in another order (Ray) gives the same bits."""
+    grid = InProcessGrid(fake_client_app(), 6, {})
+    rng = np.random.default_rng(1)
+    arrays = ArrayRecord({"w": Array(rng.normal(size=(1000,)).astype(np.float32))})
+
+    def aggregate(ordered: bool, reverse: bool) -> np.ndarray:
+        strategy = FedAvg(fraction_train=1.0, min_train_nodes=6, min_available_nodes=6, weighted=True, seed=0)
+        if ordered:
+            strategy.set_node_order(sorted(grid.get_node_ids()))
+        replies = list(grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid)))
+        return strategy.aggregate_train(1, replies[::-1] if reverse else replies)[0]["w"].numpy()
+
+    np.testing.assert_array_equal(aggregate(True, False), aggregate(True, True))
+    assert not np.array_equal(aggregate(False, False), aggregate(False, True))  # the control: order matters
 
 
 def test_feddyn_server_follows_its_formula_over_three_rounds_of_partial_participation():

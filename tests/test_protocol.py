@@ -11,7 +11,7 @@ from fedsign.data import DATASETS, make_batch_transform
 from fedsign.engines import run_inprocess
 from fedsign.results import read_metrics
 from fedsign.task import run_partitions, run_train_split, train_split
-from fedsign.training import TrainSettings, batch_order, term_grad_ratio
+from fedsign.training import TrainSettings, batch_order, term_grad_ratio, train_local
 
 
 class Linear(nn.Module):
@@ -48,6 +48,26 @@ def test_term_grad_ratio_is_the_first_steps_gradient_norm_ratio():
     term_norm = torch.sqrt(sum((0.3 * v * (received[k] != 0)).pow(2).sum() for k, v in s.items()))
     assert ratio == pytest.approx(float(term_norm / ce_norm), rel=1e-5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing moved
+
+
+def test_train_local_measures_the_ratio_on_its_own_first_step_without_changing_the_training():
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2))
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.9)
+    transform = make_batch_transform(DATASETS["digits"], train=True)
+    models = []
+    for _ in range(3):
+        torch.manual_seed(0)
+        models.append(Linear())
+    received = {k: v.detach().clone() for k, v in models[0].named_parameters()}
+    term = lambda p, f, x, y: sign_term(p, received, 0.3, "sum")  # noqa: E731
+    expected = term_grad_ratio(models[0], images, labels, settings, seed=7, transform=transform, term=term)
+    measured = train_local(models[0], images, labels, settings, seed=7, transform=transform, term=term,
+                           measure_term=True)
+    plain = train_local(models[1], images, labels, settings, seed=7, transform=transform, term=term)
+    assert measured.term_grad_ratio == pytest.approx(expected, rel=1e-6) and plain.term_grad_ratio is None
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))  # same steps
+    assert not all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[2].parameters()))  # it trained
 
 
 def test_runs_write_term_grad_ratio_only_with_a_term(tmp_path):

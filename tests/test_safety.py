@@ -326,11 +326,8 @@ def test_non_finite_global_model_stops_the_run(tmp_path, capfd, monkeypatch):
     def poisoned(self, server_round, replies):
         result = real(self, server_round, replies)
         if server_round == 2:
-            from flwr.app import Array, ArrayRecord
-
-            result = dataclasses.replace(result, arrays=ArrayRecord({
-                k: Array(np.full(a.shape, np.nan, np.float32) if a.numpy().dtype == np.float32 else a.numpy())
-                for k, a in result.arrays.items()}))
+            result = dataclasses.replace(result, arrays={
+                k: torch.full_like(a, float("nan")) if a.is_floating_point() else a for k, a in result.arrays.items()})
         return result
 
     monkeypatch.setattr(FedAvg, "aggregate_round", poisoned)

@@ -2,8 +2,9 @@
 
 ``InProcessGrid`` implements Flower's ``Grid`` by calling the ClientApp directly for each
 message, with one persistent ``Context`` per node (so per-client state survives between
-rounds exactly as in a simulation). A ClientApp exception becomes an error reply, as
-Flower's simulation engine does. Nodes run one after another, so ``send_and_receive``'s
+rounds exactly as in a simulation). Server and clients share the process, so models travel
+by reference and client state stays in device tensors (``fedsign.tensors``). A ClientApp
+exception becomes an error reply, as Flower's simulation engine does. Nodes run one after another, so ``send_and_receive``'s
 timeout (``round-timeout``) bounds each node's call: a node still busy after it sends no
 reply this round.
 """
@@ -22,6 +23,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsign.client_app import device_state, state_records
+from fedsign.tensors import DeviceRecordDict
 
 
 def assign_message_id(msg: Message) -> None:
@@ -49,6 +52,8 @@ class InProcessGrid(Grid):
         The run config each node's context carries (kebab-case keys).
     """
 
+    shares_process = True  # messages carry the model by reference (fedsign.tensors)
+
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict) -> None:
         self.client_app = client_app
         self._run = Run.create_empty(run_id=1)
@@ -59,7 +64,7 @@ class InProcessGrid(Grid):
                 run_id=1,
                 node_id=pid + 1,
                 node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(),
+                state=DeviceRecordDict(),
                 run_config=dict(run_config),
             )
             for pid in range(num_nodes)
@@ -129,9 +134,9 @@ class InProcessGrid(Grid):
 
     def client_states(self) -> dict[int, RecordDict]:
         """Every node's ``context.state`` by partition id (checkpoints keep them)."""
-        return {int(c.node_config["partition-id"]): c.state for c in self.contexts.values()}
+        return {int(c.node_config["partition-id"]): state_records(c) for c in self.contexts.values()}
 
     def load_client_states(self, states: dict[int, RecordDict]) -> None:
         """Restore what ``client_states`` returned."""
         for context in self.contexts.values():
-            context.state = states.get(int(context.node_config["partition-id"]), RecordDict())
+            context.state = device_state(states.get(int(context.node_config["partition-id"]), RecordDict()))

@@ -18,10 +18,16 @@ and BN buffers.
 
 A loss term must be a batch mean of per-sample values plus a sample-independent part (all
 of the project's terms are): it is evaluated per sample and averaged over the real ones.
+
+In the engine (``VectorizedGrid``) a round's clients begin on one model from
+``fedsign.task.CLIENT_MODELS`` holding the received global model (by reference, on the
+device), train from it at once, and finish one after another with their trained parameters
+loaded into it; ``term_grad_ratio`` is measured per client before training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -32,13 +38,16 @@ from flwr.app import MessageType
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fedsign.client_app import begin_training, finish_training, train_settings
+from clients import make_client_algorithm
+from fedsign.client_app import begin_training, finish_training, received_config, train_settings
+from fedsign.task import CLIENT_MODELS
 from fedsign.data import DATASETS
 from fedsign.data.specs import DatasetSpec
 from fedsign.data.transforms import CROP_PADDING, crop_flip, crop_flip_draws, make_batch_transform
 from fedsign.engines.inprocess import InProcessGrid, assign_message_id, error_reply
 from fedsign.faults import parse_fail_partitions
-from fedsign.training import TrainSettings, TrainStats, batch_order, derive_seed, sgd_step
+from fedsign.training import (TrainSettings, TrainStats, batch_order, derive_seed, resolve_device, sgd_step,
+                              term_grad_ratio)
 
 # term(params, features, x, y, client_inputs, shared_inputs) -> scalar
 VectorTerm = Callable[[dict[str, Tensor], Tensor, Tensor, Tensor, Any, Any], Tensor]
@@ -297,42 +306,63 @@ class VectorizedGrid:
         return replies + self._train_round(train)
 
     def _train_round(self, messages):
+        """Begin every client's job on one shared model, train them all at once, then finish each job
+        with its trained model loaded into the shared one."""
         jobs, replies = [], []
         for msg in messages:
             assign_message_id(msg)
-            try:
-                jobs.append(begin_training(msg, self.contexts[msg.metadata.dst_node_id]))
-            except Exception as err:  # the client failed before training: an error reply
-                replies.append(error_reply(msg, err))
-        if not jobs:
-            return replies
+        first = messages[0]
         try:
-            stats = self._train_jobs(jobs)
-        except Exception as err:  # noqa: BLE001 - any failure of the batched computation
-            self.fallback_reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-            print(f"vectorized engine: falling back to sequential clients: {self.fallback_reason}", flush=True)
-            return replies + list(super().send_and_receive([j.msg for j in jobs], timeout=None))
-        for job, job_stats in zip(jobs, stats):
+            config = received_config(first, self.contexts[first.metadata.dst_node_id])
+            model = CLIENT_MODELS.acquire(config, make_client_algorithm(config), resolve_device(config.device))
+        except Exception as err:  # as every client would fail in begin_training: error replies
+            return [error_reply(msg, err) for msg in messages]
+        try:
+            for msg in messages:
+                try:
+                    jobs.append(begin_training(msg, self.contexts[msg.metadata.dst_node_id], model))
+                except Exception as err:  # the client failed before training: an error reply
+                    replies.append(error_reply(msg, err))
+            if not jobs:
+                return replies
             try:
-                replies.append(finish_training(job, job_stats))
-            except Exception as err:  # as the sequential ClientApp raising after training
-                replies.append(error_reply(job.msg, err))
-        return replies
+                trained = self._train_jobs(jobs)
+            except Exception as err:  # noqa: BLE001 - any failure of the batched computation
+                self.fallback_reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                print(f"vectorized engine: falling back to sequential clients: {self.fallback_reason}", flush=True)
+                return replies + list(super().send_and_receive([j.msg for j in jobs], timeout=None))
+            for job, (params, buffers, job_stats) in zip(jobs, trained):
+                try:
+                    with torch.no_grad():
+                        for name, p in model.named_parameters():
+                            p.copy_(params[name])
+                        for name, b in model.named_buffers():
+                            b.copy_(buffers[name])
+                    replies.append(finish_training(job, job_stats))
+                except Exception as err:  # as the sequential ClientApp raising after training
+                    replies.append(error_reply(job.msg, err))
+            return replies
+        finally:
+            CLIENT_MODELS.release(model)
 
-    def _train_jobs(self, jobs) -> list:
-        """Train every job's model in place (chunk by chunk); the per-job stats. Raises on any failure
-        before a job's model changes."""
+    def _train_jobs(self, jobs) -> list[tuple[dict[str, Tensor], dict[str, Tensor], TrainStats]]:
+        """Train every job from the shared model's start (chunk by chunk): per job its trained parameters,
+        buffers and stats. Raises on any failure before a job's state changes."""
         first = jobs[0]
         config, algorithm, model = first.config, first.algorithm, first.model
         settings = train_settings(config)
         global_params = {k: v.detach() for k, v in first.round.global_params.items()}
         buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
         inputs = [j.term_inputs for j in jobs]
-        term = None
+        term, ratios = None, [None] * len(jobs)
         if algorithm.has_term:
             def term(p, f, x, y, client_in, shared):
                 return algorithm.loss_term(model=model, params=p, features=f, x=x, y=y, inputs=client_in,
                                            global_params=shared, config=config)
+
+            transform = make_batch_transform(DATASETS[config.dataset], train=True)
+            ratios = [term_grad_ratio(model, j.images, j.labels, settings, seed=j.seed, transform=transform,
+                                      term=j.algorithm.make_term(j.round, j.term_inputs)) for j in jobs]
 
         results = []
         chunk = self.chunk_size or len(jobs)
@@ -352,17 +382,10 @@ class VectorizedGrid:
                 torch.cuda.empty_cache()
                 continue
             start += chunk
-        stats, c = [], 0
-        for params, new_buffers, chunk_stats in results:
-            for i, job_stats in enumerate(chunk_stats):
-                with torch.no_grad():
-                    for name, p in jobs[c].model.named_parameters():
-                        p.copy_(params[name][i])
-                    for name, b in jobs[c].model.named_buffers():
-                        b.copy_(new_buffers[name][i])
-                stats.append(job_stats)
-                c += 1
-        return stats
+        trained = [({n: v[i] for n, v in params.items()}, {n: v[i] for n, v in new_buffers.items()}, job_stats)
+                   for params, new_buffers, chunk_stats in results for i, job_stats in enumerate(chunk_stats)]
+        return [(params, new_buffers, dataclasses.replace(job_stats, term_grad_ratio=ratio))
+                for (params, new_buffers, job_stats), ratio in zip(trained, ratios)]
 
 
 class VectorizedInProcessGrid(VectorizedGrid, InProcessGrid):

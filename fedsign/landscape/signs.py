@@ -28,9 +28,11 @@ def sign_consistency(
     """
     same: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)
-    for name in a.keys() & b.keys():
-        same_sign = sign_agreement(a[name], b[name])
-        agree, count = int(same_sign.sum()), same_sign.numel()
+    names = sorted(a.keys() & b.keys())
+    agreements = [sign_agreement(a[name], b[name]) for name in names]
+    counts_agree = torch.stack([s.sum() for s in agreements]).tolist() if names else []  # one host sync
+    for name, same_sign, agree in zip(names, agreements, counts_agree):
+        count = same_sign.numel()
         same["all"] += agree
         total["all"] += count
         if groups is not None and name in groups:
