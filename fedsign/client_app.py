@@ -84,8 +84,8 @@ def save_state(context: Context, state: ClientState, state_key: str = "") -> Non
     """Keep ``state`` where ``load_state`` finds it (the file is replaced atomically)."""
     path = state_file(context, state_key or f"run-{context.run_id}")
     if path is None and isinstance(context.state, DeviceRecordDict):
-        context.state.tensors.update({name: {k: v.detach() for k, v in tensors.items()}
-                                      for name, tensors in state.items()})
+        context.state.tensors.update({name: {k: v.detach().clone() for k, v in tensors.items()}
+                                      for name, tensors in state.items()})  # copies: no alias of the model
         return
     if path is None:
         for name, tensors in state.items():
@@ -105,7 +105,7 @@ def state_records(context: Context) -> RecordDict:
     if not isinstance(state, DeviceRecordDict):
         return state
     return RecordDict({**state, **{STATE_PREFIX + name: to_array_record(tensors)
-                                   for name, tensors in state.tensors.items()}})
+                                   for name, tensors in list(state.tensors.items())}})  # a late client may add
 
 
 def device_state(records: RecordDict) -> DeviceRecordDict:

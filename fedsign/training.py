@@ -103,9 +103,11 @@ def train_local(
     ``images`` are uint8 ``[N, C, H, W]`` on the model's device; ``transform`` turns a
     batch into normalized floats (with augmentation drawn from the seeded generator).
     ``seed`` fixes the batch order, the augmentation and dropout. ``measure_term`` (with a
-    ``term``): the first step takes the cross-entropy's and the term's gradients separately
-    (their sum is the step's gradient) and ``TrainStats.term_grad_ratio`` is the ratio of their
-    norms over the trainable parameters, at the cost of one backward pass of the term.
+    ``term``): the first step takes the cross-entropy's and the term's gradients separately and
+    steps with their sum, and ``TrainStats.term_grad_ratio`` is the ratio of their norms over the
+    trainable parameters, at the cost of one backward pass of the term. For a term of the
+    parameters alone (FedSign, FedProx, FedDyn) the step is bitwise the one a joint backward takes;
+    for a term of the features (MOON) it equals it up to float rounding.
     """
     if len(images) == 0:
         raise ValueError("train_local got an empty dataset")

@@ -184,14 +184,18 @@ class FedAvg(FlowerFedAvg):
     def aggregate_arrays(self, models: list[Tensors], contents: list[RecordDict]) -> Tensors:
         """The weighted mean of the replies' ``models`` by their ``weighted_by_key`` metric (Flower's
         ``aggregate_arrayrecords`` arithmetic: factors w/Σw, summed in reply order), or the plain mean."""
+        def as_float(value: torch.Tensor) -> torch.Tensor:  # integer arrays average in float64, as NumPy's
+            return value if value.is_floating_point() else value.double()
+
         if not self.weighted:
-            return {key: torch.stack([m[key] for m in models]).mean(0) for key in models[0]}
+            return {key: torch.stack([as_float(m[key]) for m in models]).mean(0) for key in models[0]}
         weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
         total = sum(weights)
         mean: Tensors = {}
         for model, weight in zip(models, weights):
             for key, value in model.items():
-                mean[key] = value * (weight / total) if key not in mean else mean[key] + value * (weight / total)
+                part = as_float(value) * (weight / total)
+                mean[key] = part if key not in mean else mean[key] + part
         return mean
 
     def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> "RoundResult":

@@ -392,7 +392,7 @@ def fake_client_app() -> ClientApp:
         server_round = int(msg.content["config"]["server-round"])
         rng = np.random.default_rng([context.node_id, server_round])
         received = unpack(msg.content, "arrays", "cpu")  # by reference: InProcessGrid shares the process
-        arrays = {k: Array((a.numpy() + rng.normal(size=a.shape)).astype(np.float32)) for k, a in received.items()}
+        arrays = {k: Array((a.numpy() + rng.normal(size=a.shape)).astype(a.numpy().dtype)) for k, a in received.items()}
         metrics = MetricRecord({"num-examples": 10 * context.node_id + 3, "train_loss": 1.0})
         return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)
 
@@ -425,6 +425,22 @@ def test_fedavg_equals_flowers_fedavg_and_the_plain_mean():
         mean = np.mean([r.content["arrays"][key].numpy() for r in replies], axis=0)
         np.testing.assert_allclose(plain[key].numpy(), mean, rtol=1e-6)
         assert not np.allclose(weighted[key].numpy(), mean)
+
+
+def test_integer_arrays_average_as_flower_and_numpy_do():
+    """A Flower caller's ArrayRecord(model.state_dict()) carries int64 BN counters."""
+    grid = InProcessGrid(fake_client_app(), 6, {})
+    arrays = ArrayRecord({**initial_arrays(), "bn.num_batches_tracked": Array(np.array([7], dtype=np.int64))})
+    ours = FedAvg(fraction_train=0.5, min_train_nodes=3, min_available_nodes=6, weighted=True, seed=0)
+    replies, weighted = one_round(ours, grid, 1, arrays)
+    flower, _ = FlowerFedAvg(fraction_train=0.5, min_train_nodes=3).aggregate_train(1, replies)
+    plain, _ = FedAvg(fraction_train=0.5, min_train_nodes=3, weighted=False).aggregate_train(1, replies)
+    for key in arrays:
+        assert weighted[key].numpy().dtype == flower[key].numpy().dtype, key
+        np.testing.assert_array_equal(weighted[key].numpy(), flower[key].numpy())
+        mean = np.mean([r.content["arrays"][key].numpy() for r in replies], axis=0)
+        assert plain[key].numpy().dtype == mean.dtype, key
+        np.testing.assert_allclose(plain[key].numpy(), mean, rtol=1e-6)
 
 
 def test_aggregation_follows_partition_order_not_arrival_order():
