@@ -124,7 +124,7 @@ def train_local(
     device = images.device
     model.train()
     total, total_ce, steps = 0.0, 0.0, 0
-    ratio = None
+    norms = None  # (||grad term||, ||grad CE||) of the first step, when measured
     for idx in batch_order(len(images), settings.batch_size, settings.epochs, generator):
         idx = idx.to(device)
         x = transform(images[idx], generator)
@@ -140,7 +140,7 @@ def train_local(
                           else [None] * len(trainable))
             for p, g_ce, g_term in zip(trainable, ce_grads, term_grads):
                 p.grad = g_term if g_ce is None else (g_ce if g_term is None else g_ce + g_term)
-            ratio = _grad_norm(term_grads) / _grad_norm(ce_grads)
+            norms = (_grad_norm(term_grads), _grad_norm(ce_grads))
         else:
             loss.backward()
         if settings.grad_clip > 0:
@@ -154,13 +154,8 @@ def train_local(
         ce_loss=float(total_ce) / steps,
         num_examples=len(images),
         steps=steps,
-        term_grad_ratio=None if ratio is None else _finite_ratio(ratio),
+        term_grad_ratio=None if norms is None else _norm_ratio(*norms),
     )
-
-
-def _finite_ratio(ratio: Tensor) -> float:
-    value = float(ratio)
-    return value if value == value else float("inf")  # 0/0 (no CE gradient): as term_grad_ratio's inf
 
 
 def term_grad_ratio(
@@ -200,8 +195,12 @@ def term_grad_ratio(
             term_grads = torch.autograd.grad(extra, trainable, allow_unused=True) if extra.requires_grad else []
     finally:
         model.train(was_training)
-    ce_norm = _grad_norm(ce_grads)
-    return float(_grad_norm(term_grads) / ce_norm) if ce_norm > 0 else float("inf")
+    return _norm_ratio(_grad_norm(term_grads), _grad_norm(ce_grads))
+
+
+def _norm_ratio(term_norm: Tensor, ce_norm: Tensor) -> float:
+    """||grad term|| / ||grad CE||; inf when the CE gradient is zero."""
+    return float(term_norm / ce_norm) if float(ce_norm) > 0 else float("inf")
 
 
 def _grad_norm(grads) -> Tensor:
