@@ -6,10 +6,11 @@ from torch import nn
 
 from .cnn import CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN, SmallCNN, cnn_num_pools
 from .common import ModelConfigError, check_bn_weight_init, initialize
+from .mlp import MLP
 from .resnet import CifarResNet
 from .vgg import VGG, VGG_CFGS
 
-MODEL_NAMES = ("cnn", "cnn_small", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
+MODEL_NAMES = ("cnn", "cnn_small", "mlp", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
 
 
 def _is_pos_int(v) -> bool:
@@ -63,6 +64,8 @@ def build_model(
         model: nn.Module = SmallCNN(num_classes, in_channels, image_size, projection_dim)
     elif name == "cnn_small":
         model = SmallCNN(num_classes, in_channels, image_size, projection_dim, CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN)
+    elif name == "mlp":
+        model = MLP(num_classes, in_channels, image_size, projection_dim)
     elif name == "resnet20":
         model = CifarResNet(3, num_classes, in_channels, projection_dim)
     else:
