@@ -294,7 +294,7 @@ def main() -> None:
             note = "MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32"
         else:
             rows, first, note = preset_rows(args), "method", (
-                "Table-1 preset cpu-converged (Fashion-MNIST 6,000 samples, cnn_small, 100 clients, 10 per round, "
+                "Table-1 preset cpu-converged (Fashion-MNIST 6,000 samples, mlp, 100 clients, 10 per round, "
                 "E = 5, B = 64), alpha 0.5, in-process engine")
         write_table(rows, out.with_name(f"{out.name}_{args.only.replace('-', '_')}"),
                     f"| {first} | s/round | raw training s/round | overhead s/round | overhead / round |",

@@ -6,7 +6,7 @@ ratio is measured on client 0's first batch twice: at the initial model (round 1
 ``--warm-epochs`` epochs of local SGD on the same client (a model that has left the initial
 plateau). The term is linear in gamma, so every gamma is measured, not extrapolated.
 
-    python benchmarks/term_strength.py            # cnn_small + cnn on Fashion-MNIST, VGG8 on CIFAR-10
+    python benchmarks/term_strength.py            # mlp, cnn_small, cnn on Fashion-MNIST, VGG8 on CIFAR-10
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fedsign.training import TrainSettings, term_grad_ratio, train_local  # noqa
 
 GAMMAS = (0.001, 0.01, 0.1)
 SETTINGS = {  # model: run config of its Table-1 preset
+    "mlp": "dataset='fmnist' model='mlp' train-samples=6000 validation-fraction=0.1 grad-clip=100.0",
     "cnn_small": "dataset='fmnist' model='cnn_small' train-samples=6000 validation-fraction=0.1",
     "cnn": "dataset='fmnist' model='cnn'",
     "vgg8": "dataset='cifar10' model='vgg8'",

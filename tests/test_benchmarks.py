@@ -47,15 +47,15 @@ def test_grid_sizes_and_the_paper_settings(tmp_path):
     paper = dict(item.split("=") for item in table1.PRESETS["paper"].common.split())
     assert paper == {"model": "'vgg8'", "num-clients": "100", "clients-per-round": "10", "num-rounds": "200",
                      "local-epochs": "5", "batch-size": "64", "lr": "0.03", "momentum": "0.9",
-                     "weight-decay": "1e-5", "weighted": "false", "eval-every": "10",
+                     "weight-decay": "1e-5", "grad-clip": "100.0", "weighted": "false", "eval-every": "10",
                      "partition-style": "'per-client'", "validation-fraction": "0.1",
                      "checkpoint-every": "0"}  # the paper's Appendix C
     converged = dict(item.split("=") for item in cpu.common.split())
     for key in ("num-clients", "clients-per-round", "local-epochs", "batch-size", "lr", "momentum", "weight-decay",
-                "weighted"):
+                "grad-clip", "weighted"):
         assert converged[key] == paper[key], key  # the paper's structure; only data and model shrink
     check = next(c for c in tuning if c.rounds_factor == 2)
-    assert RunConfig.from_overrides(check.overrides(cpu, {}, tmp_path / "x", ""), validate=False).num_rounds == 400
+    assert RunConfig.from_overrides(check.overrides(cpu, {}, tmp_path / "x", ""), validate=False).num_rounds == 800
     smoke = table1.PRESETS["smoke"]
     for cell in table1.tuning_cells(smoke, table1.METHODS, smoke.datasets):  # digits: always there
         RunConfig.from_overrides(cell.overrides(smoke, {}, tmp_path / cell.name, ""))

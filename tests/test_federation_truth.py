@@ -181,8 +181,13 @@ def test_interrupted_run_is_stopped_on_the_superlink(fed, tmp_path, monkeypatch)
         return proc
 
     monkeypatch.setattr(deploy.subprocess, "Popen", popen)
-    with pytest.raises(KeyboardInterrupt):
-        deploy.run_app(fed, {"num-rounds": 1}, 2, 10.0)
+    # Python leaves SIGINT ignored when it starts ignored (a background job of a non-interactive shell)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            deploy.run_app(fed, {"num-rounds": 1}, 2, 10.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert calls.read_text().splitlines()[-1] == "stop 42 fedsign"
     assert started and not processes.alive(started[0].pid)
 

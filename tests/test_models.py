@@ -75,9 +75,11 @@ PARAM_COUNTS = [
     ("cnn", 1, 28, 421_642, cnn_count(cin=1, s=7)),
     ("cnn", 1, 8, 151_306, cnn_count(cin=1, s=4)),
     ("cnn_small", 1, 28, 105_866, cnn_count(cin=1, s=7, widths=(16, 32), hidden=64)),
+    ("mlp", 1, 28, 199_210, (784 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),  # McMahan et al.'s 2NN
+    ("mlp", 3, 32, 656_810, (3 * 32 * 32 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),
 ]
 
-RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10, "vgg11_bn": 10,
+RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "mlp": 2, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10, "vgg11_bn": 10,
                "vgg16": 15, "vgg16_bn": 15}
 BN_NAMES = [n for n in MODEL_NAMES if n.endswith("_bn") or n == "resnet20"]
 
@@ -215,7 +217,8 @@ def test_check_model_input_errors(name, cin, size, fragment):
         build_model(name, 10, cin, size)
 
 
-ACCEPTED = ([(name, 3, 32) for name in MODEL_NAMES] + [(name, 1, s) for name in ("cnn", "resnet20") for s in (8, 28)]
+ACCEPTED = ([(name, 3, 32) for name in MODEL_NAMES]
+            + [(name, 1, s) for name in ("cnn", "mlp", "resnet20") for s in (8, 28)]
             + [("cnn", 1, 4), ("cnn", 1, 12), ("cnn", 3, 16), ("vgg8", 3, 64)])
 
 

@@ -345,7 +345,8 @@ def test_sigint_stops_cleanly_and_resume_finishes(tmp_path):
     config = RUN.replace("num-rounds=2", "num-rounds=30").replace("local-epochs=1", "local-epochs=2")
     proc = subprocess.Popen([sys.executable, "-m", "fedsign.cli", "run", "--quiet", "-c", f"{config} out-dir='{out}'"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),  # SIGINT as in a terminal, even when
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # run in background
     deadline = time.monotonic() + 240
     while not ((out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.monotonic() < deadline
