@@ -43,7 +43,7 @@ def test_grid_sizes_and_the_paper_settings(tmp_path):
     assert len(tuning) == 3 * (1 + 5 * 3 + 1)  # FedAvg, five grids of 3, the convergence check
     assert len({c.name for c in tuning}) == len(tuning)
     selected = {(d, a, m): None for d in cpu.datasets for a in cpu.alphas for m in table1.METHODS}
-    assert len(table1.seed_cells(cpu, table1.METHODS, cpu.datasets, selected)) == 3 * 6 * 2
+    assert len(table1.seed_cells(cpu, table1.METHODS, cpu.datasets, selected)) == 3 * 6 * 4  # seeds 1-4
     paper = dict(item.split("=") for item in table1.PRESETS["paper"].common.split())
     assert paper == {"model": "'vgg8'", "num-clients": "100", "clients-per-round": "10", "num-rounds": "200",
                      "local-epochs": "5", "batch-size": "64", "lr": "0.03", "momentum": "0.9",
