@@ -261,13 +261,19 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
     return overhead_rows(overrides, [("inprocess", "engine='inprocess'"), ("vectorized", "engine='vectorized'")])
 
 
-def preset_rows(args: argparse.Namespace) -> list[dict]:
-    """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine."""
+def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine;
+    and the settings it ran (``--extra`` included) in words."""
     from table1 import PRESETS, merge_overrides
 
     overrides = merge_overrides(PRESETS["cpu-converged"].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
                                 f"num-rounds={args.rounds} eval-every={args.rounds}", args.extra)
-    return overhead_rows(overrides, [(name, f"strategy='{name}'") for name in ("fedavg", "fedsign", "moon", "feddyn")])
+    c = RunConfig.from_overrides(overrides, validate=False)
+    note = (f"Table-1 preset cpu-converged (Fashion-MNIST {c.train_samples:,} samples, {c.model}, {c.num_clients} "
+            f"clients, {c.clients_per_round} per round, E = {c.local_epochs}, B = {c.batch_size}), "
+            f"alpha {c.dirichlet_alpha:g}, in-process engine")
+    methods = ("fedavg", "fedsign", "moon", "feddyn")
+    return overhead_rows(overrides, [(name, f"strategy='{name}'") for name in methods]), note
 
 
 def main() -> None:
@@ -293,9 +299,7 @@ def main() -> None:
             rows, first = mnist_rows(args), "engine"
             note = "MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32"
         else:
-            rows, first, note = preset_rows(args), "method", (
-                "Table-1 preset cpu-converged (Fashion-MNIST 6,000 samples, mlp, 100 clients, 10 per round, "
-                "E = 5, B = 64), alpha 0.5, in-process engine")
+            (rows, note), first = preset_rows(args), "method"
         write_table(rows, out.with_name(f"{out.name}_{args.only.replace('-', '_')}"),
                     f"| {first} | s/round | raw training s/round | overhead s/round | overhead / round |",
                     lambda r: [r["engine"], f"{r['round_s']:.3f}", f"{r['train_s']:.3f}", f"{r['overhead_s']:.3f}",

@@ -79,8 +79,8 @@ PARAM_COUNTS = [
     ("mlp", 3, 32, 656_810, (3 * 32 * 32 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),
 ]
 
-RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "mlp": 2, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10, "vgg11_bn": 10,
-               "vgg16": 15, "vgg16_bn": 15}
+RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "mlp": 2, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10,
+               "vgg11_bn": 10, "vgg16": 15, "vgg16_bn": 15}
 BN_NAMES = [n for n in MODEL_NAMES if n.endswith("_bn") or n == "resnet20"]
 
 
