@@ -1,9 +1,7 @@
 """Loaders (every source format), the decode cache, source errors and batch transforms."""
-import gzip
 import io
 import os
 import pickle
-import struct
 import tarfile
 import time
 from pathlib import Path
@@ -24,24 +22,6 @@ CIFAR_TAR = SHARED / "cifar10-jpeg.tar.gz"
 
 def _rand_images(n, c=3, s=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, c, s, s), dtype=np.uint8)
-
-
-def _write_idx(path, arr):
-    header = b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def _write_fmnist(folder, n_train=30, n_test=12, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    arrays = {"train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train_y": rng.integers(0, 10, n_train, dtype=np.uint8),
-              "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "test_y": rng.integers(0, 10, n_test, dtype=np.uint8)}
-    for key, stem in loaders._IDX_STEMS.items():
-        _write_idx(folder / f"{stem}.gz", arrays[key])
-    return arrays
 
 
 def _png_bytes(img_chw, fmt="PNG"):
@@ -122,11 +102,11 @@ def test_cifar10_real_tarball(tmp_path):
 
 # ---------------------------------------------------------------- formats written here
 
-def test_fmnist_idx_files_and_torchvision_layout(tmp_path):
-    a = _write_fmnist(tmp_path / "flat")
+def test_fmnist_idx_files_and_torchvision_layout(tmp_path, write_fmnist):
+    a = write_fmnist(tmp_path / "flat")
     d = load_dataset("fmnist", tmp_path / "flat", cache_dir=tmp_path / "cache")
     _assert_data(d, a["train_x"][:, None], a["train_y"], a["test_x"][:, None], a["test_y"])
-    b = _write_fmnist(tmp_path / "root" / "FashionMNIST" / "raw", seed=1)
+    b = write_fmnist(tmp_path / "root" / "FashionMNIST" / "raw", seed=1)
     assert check_data_source("fmnist", tmp_path / "root") == (tmp_path / "root" / "FashionMNIST" / "raw").resolve()
     d = load_dataset("fmnist", tmp_path / "root", cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(d.test_x.numpy()[:, 0], b["test_x"])
@@ -214,12 +194,12 @@ def test_cifar10_tarball_format(tmp_path):
 
 # ---------------------------------------------------------------- cache
 
-def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
+def test_cache_hit_and_invalidation(tmp_path, monkeypatch, write_fmnist):
     calls = []
     real = loaders._DECODERS["idx"]
     monkeypatch.setitem(loaders._DECODERS, "idx", lambda *a: calls.append(1) or real(*a))
     src, cache = tmp_path / "src", tmp_path / "cache"
-    _write_fmnist(src)
+    write_fmnist(src)
     first = load_dataset("fmnist", src, cache_dir=cache)
     second = load_dataset("fmnist", src, cache_dir=cache)
     assert len(calls) == 1 and torch.equal(first.train_x, second.train_x)
@@ -228,7 +208,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     entries[0].write_bytes(b"damaged")
     assert torch.equal(load_dataset("fmnist", src, cache_dir=cache).train_x, first.train_x)
     assert len(calls) == 2
-    new = _write_fmnist(src, seed=9)
+    new = write_fmnist(src, seed=9)
     f = src / "train-images-idx3-ubyte.gz"
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     third = load_dataset("fmnist", src, cache_dir=cache)
@@ -260,12 +240,12 @@ def test_missing_sources_raise_helpful_errors(tmp_path):
         check_data_source("imagenet", tmp_path)
 
 
-def test_corrupt_sources_raise_data_source_error(tmp_path):
-    _write_fmnist(tmp_path / "f")
+def test_corrupt_sources_raise_data_source_error(tmp_path, write_fmnist, write_idx):
+    write_fmnist(tmp_path / "f")
     (tmp_path / "f" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
     with pytest.raises(DataSourceError, match="fmnist: cannot read"):
         load_dataset("fmnist", tmp_path / "f", cache_dir=tmp_path / "cache")
-    _write_idx(tmp_path / "f" / "t10k-labels-idx1-ubyte.gz", np.full(12, 10, np.uint8))
+    write_idx(tmp_path / "f" / "t10k-labels-idx1-ubyte.gz", np.full(12, 10, np.uint8))
     with pytest.raises(DataSourceError, match=r"test labels span 10\.\.10, expected 0\.\.9"):
         load_dataset("fmnist", tmp_path / "f", cache_dir=tmp_path / "cache")
     tree = _image_tree()

@@ -67,7 +67,7 @@ def test_fl_needs_metrics(fl_runs, tmp_path, capsys):
     assert "no metrics.csv" in error_line(capsys) and not (tmp_path / "o").exists()
 
 
-def test_bad_run_folders_give_one_line_errors(fl_runs, tmp_path, capsys):
+def test_bad_run_folders_give_one_line_errors(fl_runs, tmp_path, capsys, write_fmnist):
     run = fl_runs[0]
     cases = {}
     truncated = tmp_path / "truncated"
@@ -87,7 +87,8 @@ def test_bad_run_folders_give_one_line_errors(fl_runs, tmp_path, capsys):
     other = tmp_path / "other_dataset"  # a run config for fmnist (28 x 28) holding the digits model
     shutil.copytree(run, other)
     config = json.loads((other / "config.json").read_text())
-    config["dataset"], config["data-dir"] = "fmnist", ""
+    write_fmnist(tmp_path / "fmnist", n_train=200)  # written here: no installed Fashion-MNIST needed
+    config["dataset"], config["data-dir"] = "fmnist", str(tmp_path / "fmnist")
     (other / "config.json").write_text(json.dumps(config))
     cases[other] = "built as cnn for fmnist"
     diverged = tmp_path / "diverged"
