@@ -217,30 +217,46 @@ def overhead_rows(overrides: str, runs: list[tuple[str, str]]) -> list[dict]:
     and the SGD step: messages, state, aggregation, sign tracking, term_grad_ratio's extra step)."""
     import fedsign.client_app
     import fedsign.engines.vectorized
+    import fedsign.server
+    from fedsign.engines import choose_engine
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, extra in runs:
             config = RunConfig.from_overrides(f"{overrides} {extra} out-dir='{tmp}/{label}'").resolved()
+            config = config.replace(engine=choose_engine(config))
             vectorized = config.engine == "vectorized"
             module, name = (fedsign.engines.vectorized, "train_clients") if vectorized else \
                 (fedsign.client_app, "train_local")
             calls_per_round = 1 if vectorized else config.clients_per_round
             durations: list[float] = []
-            original = getattr(module, name)
+            images = {"train": 0, "eval": 0, "eval_s": 0.0}
+            original, original_evaluate = getattr(module, name), fedsign.server.evaluate
 
             def timed(*a, _original=original, **kw):
+                if not vectorized:  # train_local(model, images, ...): epochs x partition images
+                    images["train"] += len(a[1]) * a[3].epochs
                 t0 = time.perf_counter()
                 try:
                     return _original(*a, **kw)
                 finally:
                     durations.append(time.perf_counter() - t0)
 
+            def timed_evaluate(model, x, *a, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return original_evaluate(model, x, *a, **kw)
+                finally:
+                    images["eval"] += len(x)
+                    images["eval_s"] += time.perf_counter() - t0
+
             setattr(module, name, timed)
+            fedsign.server.evaluate = timed_evaluate
             try:
                 run_inprocess(config, progress=False)
             finally:
                 setattr(module, name, original)
+                fedsign.server.evaluate = original_evaluate
             history = read_metrics(Path(config.out_dir))
             train = [sum(durations[i:i + calls_per_round]) for i in range(0, len(durations), calls_per_round)]
             measured = range(1, len(history) - 1) if len(history) > 2 else range(len(history))  # not 1st, not eval
@@ -248,7 +264,9 @@ def overhead_rows(overrides: str, runs: list[tuple[str, str]]) -> list[dict]:
             train_s = statistics.median(train[i] for i in measured)
             overhead = statistics.median(history[i]["seconds"] - train[i] for i in measured)
             rows.append({"engine": label, "round_s": round_s, "train_s": train_s, "overhead_s": overhead,
-                         "overhead_fraction": overhead / round_s})
+                         "overhead_fraction": overhead / round_s,
+                         "train_images_per_s": images["train"] / sum(durations) if images["train"] else None,
+                         "eval_images_per_s": images["eval"] / images["eval_s"] if images["eval_s"] else None})
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     return rows
 
@@ -276,6 +294,10 @@ def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     return overhead_rows(overrides, [(name, f"strategy='{name}'") for name in methods]), note
 
 
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
@@ -301,11 +323,15 @@ def main() -> None:
         else:
             (rows, note), first = preset_rows(args), "method"
         write_table(rows, out.with_name(f"{out.name}_{args.only.replace('-', '_')}"),
-                    f"| {first} | s/round | raw training s/round | overhead s/round | overhead / round |",
+                    f"| {first} | s/round | raw training s/round | overhead s/round | overhead / round "
+                    "| training images/s | evaluation images/s |",
                     lambda r: [r["engine"], f"{r['round_s']:.3f}", f"{r['train_s']:.3f}", f"{r['overhead_s']:.3f}",
-                               f"{100 * r['overhead_fraction']:.0f} %"],
+                               f"{100 * r['overhead_fraction']:.1f} %", _rate(r["train_images_per_s"]),
+                               _rate(r["eval_images_per_s"])],
                     f"\n\n{machine}; {note}, {args.rounds} rounds (median of rounds 2.. without the evaluated "
-                    "last one).\n")
+                    "last one). Training images/s: images through forward + backward + step inside train_local "
+                    "(sequential engine); evaluation images/s: images through the server's test/validation "
+                    "evaluation (forward only).\n")
         return
     if args.only != "landscape":
         rows = engine_rows(args)

@@ -23,7 +23,8 @@ from round 1, so cells write no per-round checkpoints: ``checkpoint-every=0``); 
 with a lock file, so several processes (``--workers N``, or the same command started again on
 another GPU) share one sweep without running or deleting each other's cells.
 
-    python benchmarks/table1.py --preset cpu-converged --workers 2     # the CPU table (both cores)
+    python benchmarks/table1.py --preset cpu-full --workers 2          # the CPU table (both cores)
+    python benchmarks/table1.py --preset cpu-converged --workers 2     # the small-data CPU protocol
     python benchmarks/table1.py --preset paper --datasets cifar10 --data-dir cifar10=/data/cifar10
     python benchmarks/table1.py --preset cpu-converged --aggregate-only  # tables from finished cells
 """
@@ -52,15 +53,43 @@ from fedsign.config import ConfigError, RunConfig  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
 
 METHODS = tuple(ALGORITHMS)
-LABELS = {name: a.label for name, a in ALGORITHMS.items()}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered method run with other fixed settings (the reduction study): its own grid and label."""
+
+    method: str  # the registered algorithm it runs
+    label: str
+    reduction: str  # its fedsign-reduction
+    grid: tuple[str, tuple[float, ...]]
+
+    @property
+    def overrides(self) -> str:
+        """Run-config overrides that make the variant."""
+        return f"fedsign-reduction='{self.reduction}'"
+
+
+# FedSign under the other reductions of Eq. 1 (clients/fedsign.py). Each grid is the paper's {0.001, 0.01, 0.1}
+# plus the neighbouring decade on the side the reduction's strength points to: `sum` is N^(1/4) (21x for the
+# MLP) stronger than `root4`, so it adds 1e-4; `mean` is ~1e4x weaker, so it adds 1.
+VARIANTS = {
+    "fedsign-sum": Variant("fedsign", "FedSign (sum)", "sum",
+                           ("fedsign-gamma", (0.0001, 0.001, 0.01, 0.1))),
+    "fedsign-mean": Variant("fedsign", "FedSign (mean)", "mean",
+                            ("fedsign-gamma", (0.001, 0.01, 0.1, 1.0))),
+}
+LABELS = {**{name: a.label for name, a in ALGORITHMS.items()}, **{n: v.label for n, v in VARIANTS.items()}}
 # (run-config key, values) each method is tuned over; None: nothing to tune (FedAvg).
-TUNING_GRIDS: dict[str, tuple[str, tuple[float, ...]] | None] = {name: a.tuning for name, a in ALGORITHMS.items()}
+TUNING_GRIDS: dict[str, tuple[str, tuple[float, ...]] | None] = {
+    **{name: a.tuning for name, a in ALGORITHMS.items()}, **{n: v.grid for n, v in VARIANTS.items()}}
 # The metrics.csv column prefix of the model each method reports ("" = the server's global model).
-REPORTED_MODEL = {name: a.reported_model for name, a in ALGORITHMS.items()}
+REPORTED_MODEL = {**{name: a.reported_model for name, a in ALGORITHMS.items()},
+                  **{n: ALGORITHMS[v.method].reported_model for n, v in VARIANTS.items()}}
 FINAL_WINDOW = 3
 # Cells run method by method in this order (tuning, then the selected value's seeds), so a partial sweep
-# already has the paper's comparison, FedSign against FedAvg, on every seed.
-RUN_ORDER = ("fedavg", "fedsign", *(m for m in METHODS if m not in ("fedavg", "fedsign")))
+# already has the paper's comparison, FedSign against FedAvg, on every seed, then the reduction study.
+RUN_ORDER = ("fedavg", "fedsign", *VARIANTS, *(m for m in METHODS if m not in ("fedavg", "fedsign")))
 
 
 @dataclass(frozen=True)
@@ -73,9 +102,21 @@ class Preset:
     common: str  # run-config overrides shared by every cell
     engine: str = "inprocess"
     convergence_check: bool = False  # also run FedAvg at twice the rounds on the tuning seed
+    reduction_alphas: tuple[float, ...] = ()  # the FedSign reduction study (VARIANTS) at these alphas
+    reduction_seeds: int = 3  # ... on the first seeds
 
     def config(self, extra: str = "") -> RunConfig:
         return RunConfig.from_overrides(merge_overrides(self.common, extra), validate=False)
+
+    def groups(self, methods: tuple[str, ...], datasets: tuple[str, ...]) -> list[tuple[str, float, str]]:
+        """Every (dataset, alpha, method) of the grid: the methods at every alpha, and the reduction
+        variants (when FedSign is among the methods) at ``reduction_alphas``."""
+        variants = [v for v, variant in VARIANTS.items() if variant.method in methods]
+        return [(d, a, m) for d in datasets for a in self.alphas for m in methods] + \
+               [(d, a, v) for d in datasets for a in self.reduction_alphas for v in variants]
+
+    def seeds_of(self, method: str) -> tuple[int, ...]:
+        return self.seeds[:self.reduction_seeds] if method in VARIANTS else self.seeds
 
 
 PRESETS = {
@@ -86,7 +127,7 @@ PRESETS = {
         datasets=("cifar10", "cinic10"), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
         common="model='vgg8' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
                "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 grad-clip=100.0 weighted=false "
-               "eval-every=10 partition-style='per-client' validation-fraction=0.1 checkpoint-every=0",
+               "eval-every=10 partition-style='per-client' validation-fraction=0.1 checkpoint-every=0 init='fedrepo'",
         engine="vectorized",
     ),
     # The paper's structure (100 clients, 10 % per round, E = 5, B = 64, SGD lr 0.03 / momentum 0.9 /
@@ -98,8 +139,21 @@ PRESETS = {
         datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2, 3, 4),
         common="model='mlp' num-clients=100 clients-per-round=10 num-rounds=400 local-epochs=5 "
                "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 grad-clip=100.0 weighted=false "
-               "eval-every=10 train-samples=6000 validation-fraction=0.1 checkpoint-every=0",
+               "eval-every=10 train-samples=6000 validation-fraction=0.1 checkpoint-every=0 init='fedrepo'",
         convergence_check=True,
+    ),
+    # The paper's client-data scale on one CPU core: the paper preset's structure and partition style (100
+    # clients, 10 per round, E = 5, B = 64, SGD lr 0.03 / momentum 0.9 / wd 1e-5, clip 100, unweighted mean,
+    # per-client Dirichlet) on the full Fashion-MNIST train split (10 % held out for validation: ~540 images
+    # and ~45 local steps per client and round, as the paper's ~500 / ~40), McMahan et al.'s 2NN MLP with
+    # FedRepo's init, alpha down to 0.1 (beyond the paper), 5 seeds, 200 rounds with the 400-round check;
+    # and the FedSign reduction study (VARIANTS) at alpha 0.5 and 0.1 on 3 seeds.
+    "cpu-full": Preset(
+        datasets=("fmnist",), alphas=(10.0, 1.0, 0.5, 0.1), seeds=(0, 1, 2, 3, 4),
+        common="model='mlp' init='fedrepo' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
+               "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 grad-clip=100.0 weighted=false "
+               "eval-every=10 partition-style='per-client' validation-fraction=0.1 checkpoint-every=0",
+        convergence_check=True, reduction_alphas=(0.5, 0.1), reduction_seeds=3,
     ),
     # The earlier CPU protocol, kept to reproduce its committed table (table1_cpu-cnn.*): cnn_small, 200
     # rounds, no clipping. A fixed-budget comparison: FedAvg still gains 1.2-2.3 points from 200 to 400.
@@ -107,14 +161,14 @@ PRESETS = {
         datasets=("fmnist",), alphas=(10.0, 1.0, 0.5), seeds=(0, 1, 2),
         common="model='cnn_small' num-clients=100 clients-per-round=10 num-rounds=200 local-epochs=5 "
                "batch-size=64 lr=0.03 momentum=0.9 weight-decay=1e-5 weighted=false eval-every=10 "
-               "train-samples=6000 validation-fraction=0.1 checkpoint-every=0",
+               "train-samples=6000 validation-fraction=0.1 checkpoint-every=0 init='fedrepo'",
         convergence_check=True,
     ),
     # Smallest real run of the whole machinery (tests, GPU-kit dry runs): digits, 3 rounds.
     "smoke": Preset(
         datasets=("digits",), alphas=(0.5,), seeds=(0, 1), convergence_check=True,
         common="model='cnn' num-clients=10 clients-per-round=5 num-rounds=3 local-epochs=1 batch-size=32 "
-               "lr=0.05 momentum=0.9 weighted=false eval-every=1 validation-fraction=0.2",
+               "lr=0.05 momentum=0.9 weighted=false eval-every=1 validation-fraction=0.2 init='fedrepo'",
     ),
 }
 
@@ -142,8 +196,10 @@ class Cell:
         return self.dataset, self.alpha, self.method
 
     def overrides(self, preset: Preset, data_dirs: dict[str, str], out_dir: Path, extra: str) -> str:
-        parts = [preset.common, f"strategy='{self.method}' dataset='{self.dataset}' "
-                 f"dirichlet-alpha={self.alpha} seed={self.seed} out-dir='{out_dir}'"]
+        variant = VARIANTS.get(self.method)
+        parts = [preset.common, f"strategy='{variant.method if variant else self.method}' dataset='{self.dataset}' "
+                 f"dirichlet-alpha={self.alpha} seed={self.seed} out-dir='{out_dir}'",
+                 variant.overrides if variant else ""]
         grid = TUNING_GRIDS[self.method]
         if grid and self.value is not None:
             parts.append(f"{grid[0]}={self.value}")
@@ -166,23 +222,21 @@ def merge_overrides(*parts: str) -> str:
 
 
 def tuning_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]) -> list[Cell]:
-    """Every grid value of every method on the tuning seed (plus the convergence check)."""
+    """Every grid value of every method (and reduction variant) on the tuning seed, plus the convergence check."""
     grid = []
-    for dataset in datasets:
-        for alpha in preset.alphas:
-            for method in methods:
-                values = TUNING_GRIDS[method][1] if TUNING_GRIDS[method] else (None,)
-                grid += [Cell(dataset, alpha, method, preset.seeds[0], v) for v in values]
-            if preset.convergence_check and "fedavg" in methods:
-                grid.append(Cell(dataset, alpha, "fedavg", preset.seeds[0], None, rounds_factor=2))
+    for d, a, m in preset.groups(methods, datasets):
+        values = TUNING_GRIDS[m][1] if TUNING_GRIDS[m] else (None,)
+        grid += [Cell(d, a, m, preset.seeds[0], v) for v in values]
+    if preset.convergence_check and "fedavg" in methods:
+        grid += [Cell(d, a, "fedavg", preset.seeds[0], None, rounds_factor=2) for d in datasets for a in preset.alphas]
     return grid
 
 
 def seed_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...],
                selected: dict[tuple[str, float, str], float | None]) -> list[Cell]:
     """The selected value of each (dataset, alpha, method) with a finished tuning on the other seeds."""
-    return [Cell(d, a, m, seed, selected[(d, a, m)]) for seed in preset.seeds[1:] for d in datasets
-            for a in preset.alphas for m in methods if (d, a, m) in selected]
+    return [Cell(d, a, m, seed, selected[(d, a, m)]) for d, a, m in preset.groups(methods, datasets)
+            if (d, a, m) in selected for seed in preset.seeds_of(m)[1:]]
 
 
 # ----------------------------------------------------------------------------- reading cells
@@ -199,6 +253,9 @@ def cell_summary(cell: Cell, history: list[dict]) -> dict:
     return {"test": final_value(history, f"{prefix}accuracy"), "val": final_value(history, f"{prefix}val_accuracy"),
             "term_grad_ratio": statistics.median(ratios) if ratios else None,
             "ssr_clients": final_value(history, "ssr_clients"),
+            "weight_norm": final_value(history, "weight_norm"), "weights_over_1": final_value(history, "weights_over_1"),
+            "peak_weight_norm": max((r["weight_norm"] for r in history if r.get("weight_norm") is not None),
+                                    default=None),
             "curve": [(r["round"], r[f"{prefix}accuracy"]) for r in history if r.get(f"{prefix}accuracy") is not None]}
 
 
@@ -212,13 +269,11 @@ def select_values(tuned: dict[Cell, dict], preset: Preset, methods: tuple[str, .
     """Per (dataset, alpha, method) whose tuning finished: the grid value with the best ``key`` accuracy
     (``"val"``: the selection rule; ``"test"``: the paper's best-on-test)."""
     selected = {}
-    for d in datasets:
-        for a in preset.alphas:
-            for m in methods:
-                values = TUNING_GRIDS[m][1] if TUNING_GRIDS[m] else (None,)
-                runs = [(tuned.get(Cell(d, a, m, preset.seeds[0], v)), v) for v in values]
-                if all(r is not None and r[key] is not None for r, _ in runs):
-                    selected[(d, a, m)] = max(runs, key=lambda rv: rv[0][key])[1]
+    for d, a, m in preset.groups(methods, datasets):
+        values = TUNING_GRIDS[m][1] if TUNING_GRIDS[m] else (None,)
+        runs = [(tuned.get(Cell(d, a, m, preset.seeds[0], v)), v) for v in values]
+        if all(r is not None and r[key] is not None for r, _ in runs):
+            selected[(d, a, m)] = max(runs, key=lambda rv: rv[0][key])[1]
     return selected
 
 
@@ -289,7 +344,7 @@ def next_cell(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...
     tuned = finished_cells(runs, tuning)
     seeds = seed_cells(preset, methods, datasets, select_values(tuned, preset, methods, datasets))
     candidates = sorted(tuning + seeds, key=lambda c: (c.rounds_factor, RUN_ORDER.index(c.method)))  # checks last
-    waiting = len(select_values(tuned, preset, methods, datasets)) < len(datasets) * len(preset.alphas) * len(methods)
+    waiting = len(select_values(tuned, preset, methods, datasets)) < len(preset.groups(methods, datasets))
     for cell in candidates:
         if (runs / cell.name / "model.safetensors").exists():
             continue
@@ -375,6 +430,29 @@ def _percent(mean: float, std: float | None, signed: bool = False) -> str:
     return text + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _difference(diff: dict | None) -> str:
+    """A paired difference as the tables print it (mean ± std, p, within/beyond the seed spread)."""
+    if diff is None:
+        return "–"
+    verdict = "" if diff["p"] is None else (
+        f" (p={diff['p']:.2f}, {'beyond' if diff['beyond_spread'] else 'within'} seed spread)")
+    return _percent(diff["mean"], diff["std"], signed=True) + verdict
+
+
+def _difference_plain(high: dict | None, low: dict | None) -> str:
+    """``high`` minus ``low`` paired by seed (the cost of heterogeneity), or – when either is missing."""
+    if high is None or low is None:
+        return "–"
+    seeds = sorted(set(high["accuracies"]) & set(low["accuracies"]))
+    deltas = [high["accuracies"][s] - low["accuracies"][s] for s in seeds]
+    return _percent(statistics.mean(deltas), statistics.stdev(deltas) if len(deltas) > 1 else None, signed=True) \
+        if deltas else "–"
+
+
 def _table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
@@ -416,36 +494,75 @@ def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: s
             cells = []
             for m in others:
                 base, row = by_key.get((d, a, "fedavg")), by_key.get((d, a, m))
-                diff = paired_difference(row, base) if base and row else None
-                if diff is None:
-                    cells.append("–")
-                    continue
-                verdict = "" if diff["p"] is None else (
-                    f" (p={diff['p']:.2f}, {'beyond' if diff['beyond_spread'] else 'within'} seed spread)")
-                cells.append(_percent(diff["mean"], diff["std"], signed=True) + verdict)
+                cells.append(_difference(paired_difference(row, base) if base and row else None))
             body.append([d, f"{a:g}", *cells])
         parts += ["Difference to FedAvg in accuracy points, paired by seed: mean ± std of the per-seed differences, "
                   "paired t-test p; \"within seed spread\" when |mean| does not exceed the larger of the two methods' "
                   "seed stds (then the difference is noise at this number of seeds).\n",
                   _table(["dataset", "Dir. α", *(LABELS[m] for m in others)], body)]
     if "fedsign" in methods:
+        variants = [("fedsign", "root4", preset.alphas)] + [
+            (v, VARIANTS[v].reduction, preset.reduction_alphas) for v in VARIANTS if preset.reduction_alphas]
         body = []
-        for d, a in keys:
-            base = finished.get(Cell(d, a, "fedavg", preset.seeds[0]))
-            for gamma in TUNING_GRIDS["fedsign"][1]:
-                s = finished.get(Cell(d, a, "fedsign", preset.seeds[0], gamma))
-                if s is None:
-                    continue
-                body.append([d, f"{a:g}", f"{gamma:g}", f"{100 * s['test']:.2f}", f"{100 * s['val']:.2f}",
-                             f"{s['term_grad_ratio']:.3g}" if s["term_grad_ratio"] is not None else "–",
-                             f"{s['ssr_clients']:.4f}" if s["ssr_clients"] is not None else "–",
-                             f"{base['ssr_clients']:.4f}" if base and base["ssr_clients"] is not None else "–"])
-        parts += [f"FedSign per γ on seed {preset.seeds[0]}: test and validation accuracy (%), the median over rounds "
-                  "of term_grad_ratio (‖∇term‖/‖∇CE‖ on the first local step, median over the round's clients) and "
-                  "the clients' sign-consistency ratio with the global model they received (mean of the last "
-                  f"{FINAL_WINDOW} evaluated rounds), beside FedAvg's.\n",
-                  _table(["dataset", "Dir. α", "γ", "test", "val", "term_grad_ratio", "client SSR", "FedAvg SSR"],
+        for method, reduction, alphas in variants:
+            for d in datasets:
+                for a in alphas:
+                    base = finished.get(Cell(d, a, "fedavg", preset.seeds[0]))
+                    for gamma in TUNING_GRIDS[method][1]:
+                        s = finished.get(Cell(d, a, method, preset.seeds[0], gamma))
+                        if s is None:
+                            continue
+                        body.append([d, f"{a:g}", reduction, f"{gamma:g}", f"{100 * s['test']:.2f}",
+                                     f"{100 * s['val']:.2f}", _number(s["term_grad_ratio"], ".3g"),
+                                     _number(s["ssr_clients"], ".4f"), _number(base and base["ssr_clients"], ".4f"),
+                                     _number(s.get("weight_norm"), ".1f"), _number(s.get("peak_weight_norm"), ".1f"),
+                                     _number(s.get("weights_over_1"), ".2%"),
+                                     _number(base and base.get("weight_norm"), ".1f")])
+        parts += [f"FedSign per reduction and γ on seed {preset.seeds[0]}: test and validation accuracy (%), the "
+                  "median over rounds of term_grad_ratio (‖∇term‖/‖∇CE‖ on the first local step, median over the "
+                  "round's clients), the clients' sign-consistency ratio with the global model they received (mean "
+                  f"of the last {FINAL_WINDOW} evaluated rounds) beside FedAvg's, and the global model's weight norm "
+                  "(final, peak over rounds), its share of weights with |θ| > 1 (final) and FedAvg's final norm.\n",
+                  _table(["dataset", "Dir. α", "reduction", "γ", "test", "val", "term_grad_ratio", "client SSR",
+                          "FedAvg SSR", "‖θ‖", "peak ‖θ‖", "|θ|>1", "FedAvg ‖θ‖"], body)]
+    if preset.reduction_alphas and "fedsign" in methods:
+        body = []
+        seeds = set(preset.seeds[:preset.reduction_seeds])
+        for d in datasets:
+            for a in preset.reduction_alphas:
+                base = by_key.get((d, a, "fedavg"))
+                for method in ("fedsign", *VARIANTS):
+                    row = by_key.get((d, a, method))
+                    if row is None:
+                        continue
+                    row = {**row, "accuracies": {k: v for k, v in row["accuracies"].items() if k in seeds}}
+                    values = list(row["accuracies"].values())
+                    row.update(mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else None)
+                    base3 = base and {**base, "accuracies": {k: v for k, v in base["accuracies"].items() if k in seeds}}
+                    if base3:
+                        b = list(base3["accuracies"].values())
+                        base3.update(std=statistics.stdev(b) if len(b) > 1 else None)
+                    diff = paired_difference(row, base3) if base3 else None
+                    tuned = finished.get(Cell(d, a, method, preset.seeds[0], row["value"]), {})
+                    body.append([d, f"{a:g}", "root4" if method == "fedsign" else VARIANTS[method].reduction,
+                                 f"{row['value']:g}", f"{_percent(row['mean'], row['std'])} ({len(values)} seeds)",
+                                 _difference(diff), _number(tuned.get("term_grad_ratio"), ".3g"),
+                                 _number(tuned.get("ssr_clients"), ".4f")])
+        parts += [f"FedSign by reduction of Eq. 1 (each tuned on validation over its γ grid, seed {preset.seeds[0]}; "
+                  f"seeds {', '.join(map(str, sorted(seeds)))}): test accuracy (%) at the selected γ, the paired "
+                  "difference to FedAvg on the same seeds, term_grad_ratio and client SSR at the selected γ "
+                  "(tuning seed). Grids: root4 {0.001, 0.01, 0.1}; "
+                  + "; ".join(f"{v.reduction} {{{', '.join(f'{g:g}' for g in v.grid[1])}}}"
+                              for v in VARIANTS.values()) + ".\n",
+                  _table(["dataset", "Dir. α", "reduction", "γ", "test", "− FedAvg", "term_grad_ratio", "client SSR"],
                          body)]
+    if "fedavg" in methods and len(preset.alphas) > 1:
+        top = max(preset.alphas)
+        body = [[d, *(_difference_plain(by_key.get((d, top, "fedavg")), by_key.get((d, a, "fedavg")))
+                      for a in preset.alphas if a != top)] for d in datasets]
+        parts += [f"FedAvg cost of heterogeneity: accuracy points at Dir. α = {top:g} minus at each α (mean over "
+                  "seeds; paired by seed, ± std of the per-seed differences).\n",
+                  _table(["dataset", *(f"α {top:g} − α {a:g}" for a in preset.alphas if a != top)], body)]
     checks = []
     for d, a in keys:
         short = finished.get(Cell(d, a, "fedavg", preset.seeds[0]))
@@ -481,7 +598,7 @@ def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: 
         {c.name: {k: v for k, v in s.items() if k != "curve"} for c, s in sorted(finished.items(),
                                                                                     key=lambda cs: cs[0].name)},
         indent=1) + "\n")
-    total = len(tuning) + (len(preset.seeds) - 1) * len(datasets) * len(preset.alphas) * len(methods)
+    total = len(tuning) + sum(len(preset.seeds_of(m)) - 1 for _, _, m in preset.groups(methods, datasets))
     markdown = render_markdown(rows, finished, preset_name, preset, methods, datasets, total)
     (out / f"table1_{preset_name}.md").write_text(markdown)
     curves = {}
@@ -523,7 +640,7 @@ def _plot_curves(curves: dict, preset: Preset, methods: tuple[str, ...], dataset
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-converged")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-full")
     parser.add_argument("--engine", choices=("inprocess", "vectorized", "ray"), default=None,
                         help="default: the preset's (vectorized for paper, inprocess otherwise)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))

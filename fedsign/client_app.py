@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -27,7 +29,8 @@ from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.results import atomic_write
-from fedsign.task import CLIENT_MODELS, build_run_model, client_data, load_tensors, model_tensors, run_partitions
+from fedsign.task import (CLIENT_MODELS, build_run_model, client_data, load_tensors, mean_partition_size,
+                          model_tensors)
 from fedsign.tensors import DeviceRecordDict, pack, to_array_record, unpack
 from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
 
@@ -39,9 +42,19 @@ app = ClientApp()
 def run_config(context: Context) -> RunConfig:
     """The run config as sent by the server (already validated there), with this node's
     ``data-dir`` if its node config sets one."""
-    config = RunConfig.from_mapping(context.run_config, validate=False)
-    data_dir = context.node_config.get("data-dir")
-    return config.replace(data_dir=str(data_dir)) if data_dir else config
+    return _run_config(tuple(context.run_config.items()), str(context.node_config.get("data-dir") or ""))
+
+
+@lru_cache(maxsize=16)
+def _run_config(items: tuple, data_dir: str) -> RunConfig:
+    """``run_config`` for hashable inputs: built once per run, not per message."""
+    config = RunConfig.from_mapping(dict(items), validate=False)
+    return config.replace(data_dir=data_dir) if data_dir else config
+
+
+@lru_cache(maxsize=16)
+def _with_hyperparameters(config: RunConfig, values: tuple[tuple[str, Any], ...]) -> RunConfig:
+    return config.replace(**dict(values))
 
 
 def partition_id(context: Context) -> int:
@@ -163,7 +176,7 @@ def received_config(msg: Message, context: Context) -> RunConfig:
     if missing:
         raise ValueError(f"the server's train message lacks hyperparameter '{missing[0]}' of strategy "
                          f"'{config.strategy}': run a strategy built by fedsign.server.make_strategy")
-    return config.replace(**{h.field: type(h.default)(sent[h.key]) for h in hyperparameters})
+    return _with_hyperparameters(config, tuple((h.field, type(h.default)(sent[h.key])) for h in hyperparameters))
 
 
 def begin_training(msg: Message, context: Context, model: nn.Module | None = None) -> LocalTraining:
@@ -187,11 +200,10 @@ def begin_training(msg: Message, context: Context, model: nn.Module | None = Non
             raise ValueError("the server's train message has no 'arrays' (the global model)")
         load_tensors(model, received)
         images, labels = client_data(config, pid, device)
-        partitions = run_partitions(config)
         ctx = ClientRound(
             config=config, model=model, global_params={k: v.detach().clone() for k, v in model.named_parameters()},
             state=load_state(context, state_key), partition_id=pid, server_round=server_round,
-            num_examples=len(images), mean_num_examples=sum(len(p) for p in partitions) / len(partitions),
+            num_examples=len(images), mean_num_examples=mean_partition_size(config),
             fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),
         )
         job = LocalTraining(msg, context, algorithm, ctx, state_key, fault, images, labels,

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS
 
 STRATEGIES = tuple(ALGORITHMS)
-ENGINES = ("inprocess", "vectorized")
+ENGINES = ("auto", "inprocess", "vectorized")
+INIT_CHOICES = ("auto", "fedrepo", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITION_STYLES = ("per-class", "per-client")
 
@@ -45,6 +46,7 @@ class PlatformConfig:
     dataset: str = "digits"
     data_dir: str = ""
     model: str = "cnn"
+    init: str = "auto"  # "fedrepo", "pytorch", or "auto": the model's default (fedsign.models.DEFAULT_INIT)
     num_clients: int = 10
     clients_per_round: int = 10
     num_rounds: int = 20
@@ -63,7 +65,7 @@ class PlatformConfig:
     eval_every: int = 1
     out_dir: str = ""
     device: str = "auto"
-    engine: str = "inprocess"
+    engine: str = "auto"  # "auto": vectorized on CUDA, inprocess on a CPU (fedsign.engines.choose_engine)
     mixed_precision: bool = False  # vectorized engine: bf16 autocast + channels-last images
     resume: bool = False
     checkpoint_every: int = 1
@@ -138,6 +140,7 @@ class PlatformConfig:
         """Check every value; raise ConfigError naming the key and the fix."""
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("engine", self.engine, ENGINES)
+        _one_of("init", self.init, INIT_CHOICES)
         _one_of("device", self.device, DEVICES)
         _one_of("partition-style", self.partition_style, PARTITION_STYLES)
         for hyperparameter in HYPERPARAMETERS.values():
@@ -228,10 +231,11 @@ class PlatformConfig:
 
     # ------------------------------------------------------------------ paths
     def resolved(self, base: str | os.PathLike | None = None) -> "RunConfig":
-        """Return a copy whose data-dir and out-dir are absolute (relative to ``base``).
+        """Return a copy whose data-dir and out-dir are absolute (relative to ``base``) and whose init
+        names a scheme.
 
         An empty data-dir becomes the dataset's default location; an empty out-dir
-        becomes ``runs/<run-name>-<timestamp>``."""
+        becomes ``runs/<run-name>-<timestamp>``; init 'auto' becomes the model's default."""
         root = Path(base) if base is not None else Path.cwd()
         data_dir = str((root / self.data_dir).resolve()) if self.data_dir else ""
         if not data_dir:  # the dataset's default location, made absolute for every process
@@ -242,7 +246,12 @@ class PlatformConfig:
         out_dir = self.out_dir or str(Path("runs") / f"{self.run_name()}-{time.strftime('%Y%m%d-%H%M%S')}")
         out_path = Path(os.path.abspath(root / out_dir))
         check_out_dir_creatable(out_path)
-        return self.replace(data_dir=data_dir, out_dir=str(out_path.resolve()))
+        init = self.init
+        if init == "auto":  # config.json names the scheme the model got
+            from fedsign.models import DEFAULT_INIT  # here, not at the top: models pull in torch (~2 s)
+
+            init = DEFAULT_INIT.get(self.model, self.init)
+        return self.replace(data_dir=data_dir, out_dir=str(out_path.resolve()), init=init)
 
     def run_name(self) -> str:
         """A readable default run name: strategy-dataset-alpha-seed."""

@@ -3,7 +3,8 @@
 Each round: the strategy samples clients and builds messages (``configure_train``),
 the grid delivers them and collects replies, the strategy aggregates
 (``aggregate_train``), the server evaluates the global model on the test split every
-``eval-every`` rounds and writes the round to ``metrics.csv``.
+``eval-every`` rounds and writes the round to ``metrics.csv``. Sign consistency
+(``ssr_*`` columns) is measured on the evaluated rounds only: it reads every weight twice.
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ def sign_tracking(
         clients = {k: torch.stack([a[k] for a in client_arrays]) for k in sent}
         row.update({_ssr_key("ssr_clients", g): v for g, v in sign_consistency(sent, clients, groups).items()})
     return row
+
+
+def weight_size(arrays: Tensors, groups: dict[str, str]) -> dict[str, float]:
+    """``weight_norm``: the L2 norm of the model's trainable parameters; ``weights_over_1``: the share
+    of them with |θ| > 1 (a term that inflates weights shows in both before the accuracy falls)."""
+    trainable = [arrays[k] for k in groups if k in arrays]
+    norms = torch._foreach_norm(trainable)
+    large = sum(int((t.abs() > 1).sum()) for t in trainable)
+    return {"weight_norm": float(torch.linalg.vector_norm(torch.stack(norms))),
+            "weights_over_1": large / sum(t.numel() for t in trainable)}
 
 
 def _ssr_key(prefix: str, group: str) -> str:
@@ -204,10 +215,10 @@ def restore(checkpoint: Checkpoint | None, arrays: Tensors, strategy: FedAvg, gr
 
 
 def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState, server_round: int,
-                groups: dict[str, str]) -> dict[str, Any]:
+                groups: dict[str, str], track_signs: bool = True) -> dict[str, Any]:
     """Send the global model to a sample of clients, aggregate their replies into ``state.arrays``;
     return the round's metrics row (``diverged`` set, and the global model kept, when the aggregate
-    is not finite)."""
+    is not finite; the sign-consistency columns when ``track_signs``)."""
     messages = list(strategy.configure_train(server_round, state.arrays, ConfigRecord({"state-key": state.state_key}),
                                              grid))
     replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
@@ -219,8 +230,10 @@ def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState
     elif not finite_flags([result.arrays])[0]:
         row["diverged"] = 1
     else:
-        row.update(sign_tracking(state.arrays, result.arrays, result.client_arrays, groups))
+        if track_signs:
+            row.update(sign_tracking(state.arrays, result.arrays, result.client_arrays, groups))
         state.arrays = result.arrays
+        row.update(weight_size(state.arrays, groups))
     if result.metrics is not None:
         row["train_loss"] = result.metrics.get("train_loss")
     ratios = [float(c.metric_records["metrics"]["term_grad_ratio"]) for c in result.usable
@@ -260,12 +273,13 @@ def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.
                initial=state.first_round - 1, total=config.num_rounds, disable=not progress)
     for server_round in bar:
         start = time.perf_counter()
-        row = train_round(grid, config, strategy, state, server_round, groups)
+        evaluated = server_round % config.eval_every == 0 or server_round == config.num_rounds
+        row = train_round(grid, config, strategy, state, server_round, groups, track_signs=evaluated)
         if row.get("diverged"):
             results.append_round({**row, "seconds": time.perf_counter() - start})
             raise RunFailed(f"run diverged in round {server_round}: the aggregated global model has non-finite "
                             f"values (lr={config.lr:g}); lower lr or set grad-clip, and rerun in a new out-dir")
-        if server_round % config.eval_every == 0 or server_round == config.num_rounds:
+        if evaluated:
             row.update(evaluate_models(model, {"": state.arrays, **strategy.evaluation_extras()}, splits,
                                        eval_transform))
             bar.set_postfix(acc=f"{row['accuracy']:.4f}", loss=f"{row['loss']:.3f}")

@@ -6,7 +6,6 @@ in-process run (or a Ray worker serving many clients) decodes nothing twice.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -25,8 +24,8 @@ from fedsign.tensors import Tensors
 def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None, seed: int | None = None) -> nn.Module:
     """The run's model with the algorithm's changes (MOON head, PAN encoding).
 
-    Initialization is seeded by ``seed`` (default ``config.seed``, so every engine starts from
-    the same model θ⁰).
+    Initialization (``config.init``) is seeded by ``seed`` (default ``config.seed``, so every engine
+    starts from the same model θ⁰).
     """
     algorithm = algorithm or make_client_algorithm(config)
     spec = DATASETS[config.dataset]
@@ -36,6 +35,7 @@ def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None,
         num_classes=spec.num_classes,
         in_channels=spec.channels,
         image_size=spec.image_size,
+        init=config.init,
         **algorithm.model_options(config),
     )
     algorithm.prepare_model(model, config)
@@ -52,13 +52,6 @@ def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     return train_split(config.dataset, config.data_dir, config.train_samples, config.validation_fraction)
 
 
-def run_partitions(config: RunConfig) -> tuple[np.ndarray, ...]:
-    """The run's client index arrays into the train split (deterministic in the config)."""
-    return client_partitions(config.dataset, config.data_dir, config.train_samples, config.validation_fraction,
-                             config.num_clients, config.dirichlet_alpha, config.seed, config.partition_style,
-                             config.min_partition_size)
-
-
 @lru_cache(maxsize=4)
 def _on_device(name: str, data_dir: str, split: str, device: str) -> tuple[Tensor, Tensor]:
     data = dataset(name, data_dir)
@@ -67,12 +60,41 @@ def _on_device(name: str, data_dir: str, split: str, device: str) -> tuple[Tenso
 
 
 def client_data(config: RunConfig, partition_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """uint8 images and labels of one client's partition, on ``device``."""
+    """uint8 images and labels of one client's partition, on ``device`` (cached per process: callers
+    read them, never write)."""
     if not 0 <= partition_id < config.num_clients:
         raise ValueError(f"partition-id {partition_id} outside [0, {config.num_clients}); "
                          f"run with num-supernodes equal to num-clients")
-    x, y = _on_device(config.dataset, config.data_dir, "train", str(device))
-    idx = torch.as_tensor(run_partitions(config)[partition_id], device=device)
+    return _client_data(*_partition_key(config), partition_id, str(device))
+
+
+def _partition_key(config: RunConfig) -> tuple:
+    """The config's values that decide the clients' partitions (``client_partitions``' arguments)."""
+    return (config.dataset, config.data_dir, config.train_samples, config.validation_fraction, config.num_clients,
+            config.dirichlet_alpha, config.seed, config.partition_style, config.min_partition_size)
+
+
+def run_partitions(config: RunConfig) -> tuple[np.ndarray, ...]:
+    """The run's client index arrays into the train split (deterministic in the config)."""
+    return client_partitions(*_partition_key(config))
+
+
+def mean_partition_size(config: RunConfig) -> float:
+    """Mean number of training examples per client."""
+    return _mean_partition_size(*_partition_key(config))
+
+
+@lru_cache(maxsize=8)
+def _mean_partition_size(*key) -> float:
+    partitions = client_partitions(*key)
+    return sum(len(p) for p in partitions) / len(partitions)
+
+
+@lru_cache(maxsize=512)
+def _client_data(*key_partition_device) -> tuple[Tensor, Tensor]:
+    *key, partition_id, device = key_partition_device
+    x, y = _on_device(key[0], key[1], "train", device)
+    idx = torch.as_tensor(client_partitions(*key)[partition_id], device=device)
     return x[idx], y[idx]
 
 
@@ -97,13 +119,19 @@ def model_tensors(model: nn.Module) -> Tensors:
 
 
 def load_tensors(model: nn.Module, tensors: Tensors) -> None:
-    """Load what ``model_tensors`` returned (keys must match) into ``model``."""
-    expected = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-    if list(tensors) != expected:
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
+    """Load what ``model_tensors`` returned (keys and shapes must match) into ``model``: the values
+    ``load_state_dict`` would copy, in one ``_foreach_copy_``."""
+    targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+    if list(tensors) != list(targets):
+        missing = sorted(set(targets) - set(tensors))
+        extra = sorted(set(tensors) - set(targets))
         raise ValueError(f"arrays do not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
-    model.load_state_dict(tensors, strict=False)
+    for key, target in targets.items():
+        if tensors[key].shape != target.shape:
+            raise ValueError(f"array '{key}' has shape {tuple(tensors[key].shape)}, the model's "
+                             f"{tuple(target.shape)}")
+    with torch.no_grad():
+        torch._foreach_copy_(list(targets.values()), list(tensors.values()))
 
 
 class ClientModels:
@@ -116,12 +144,12 @@ class ClientModels:
     def __init__(self, keep_configs: int = 2) -> None:
         self.keep_configs = keep_configs
         self.built = 0  # models built so far (a reuse test reads it)
-        self._idle: OrderedDict[str, list[tuple[nn.Module, dict[str, Tensor]]]] = OrderedDict()
+        self._idle: OrderedDict[tuple[RunConfig, str], list[tuple[nn.Module, dict[str, Tensor]]]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(config: RunConfig, device: torch.device) -> str:
-        return json.dumps([config.to_dict(), str(device)], sort_keys=True, default=str)
+    def _key(config: RunConfig, device: torch.device) -> tuple[RunConfig, str]:
+        return config, str(device)
 
     def acquire(self, config: RunConfig, algorithm: ClientAlgorithm, device: torch.device) -> nn.Module:
         key = self._key(config, device)
@@ -137,7 +165,8 @@ class ClientModels:
             self.built += 1
         else:
             model, initial = entry
-            model.load_state_dict(initial, strict=False)
+            if initial:
+                model.load_state_dict(initial, strict=False)
         model._client_models_entry = (key, initial)  # noqa: SLF001 - where release puts it back
         return model
 

@@ -68,13 +68,18 @@ def as_tensors(arrays: ArrayRecord | Tensors, device: torch.device | str | None 
 
 
 def finite_flags(tensors_list: list[Tensors]) -> list[bool]:
-    """For each tensor dict, whether all its floating-point values are finite (one host sync in all)."""
-    flags = []
-    for tensors in tensors_list:
-        floats = [v for v in tensors.values() if v.is_floating_point()]
-        device = next(iter(tensors.values())).device if tensors else "cpu"
-        flags.append(torch.stack([torch.isfinite(v).all() for v in floats]).all() if floats
-                     else torch.ones((), dtype=torch.bool, device=device))
-    if not flags:
-        return []
-    return torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    """For each tensor dict, whether all its floating-point values are finite.
+
+    One ``_foreach_norm`` over every tensor of every dict first (a norm is finite only if all its
+    values are): when all norms are finite that is the answer, in one host sync; otherwise (a
+    non-finite value, or finite values whose norm overflows) each dict is checked element-wise."""
+    floats = [v for tensors in tensors_list for v in tensors.values() if v.is_floating_point()]
+    if not floats:
+        return [True] * len(tensors_list)
+    norms = torch._foreach_norm(floats)
+    if len({(n.dtype, n.device) for n in norms}) > 1:  # mixed precision or devices: one dtype to stack
+        norms = [n.to(norms[0].device, torch.float64) for n in norms]
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return [True] * len(tensors_list)
+    return [all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())
+            for tensors in tensors_list]

@@ -49,7 +49,7 @@ def test_grid_sizes_and_the_paper_settings(tmp_path):
                      "local-epochs": "5", "batch-size": "64", "lr": "0.03", "momentum": "0.9",
                      "weight-decay": "1e-5", "grad-clip": "100.0", "weighted": "false", "eval-every": "10",
                      "partition-style": "'per-client'", "validation-fraction": "0.1",
-                     "checkpoint-every": "0"}  # the paper's Appendix C
+                     "checkpoint-every": "0", "init": "'fedrepo'"}  # the paper's Appendix C, FedRepo's init
     converged = dict(item.split("=") for item in cpu.common.split())
     for key in ("num-clients", "clients-per-round", "local-epochs", "batch-size", "lr", "momentum", "weight-decay",
                 "grad-clip", "weighted"):

@@ -11,11 +11,25 @@ from fedsign.engines.inprocess import InProcessGrid, error_reply
 from fedsign.engines.vectorized import VectorizedInProcessGrid, vectorization_problem
 from fedsign.results import RunResults
 from fedsign.server import run_server
+from fedsign.training import resolve_device
+
+
+def choose_engine(config: RunConfig) -> str:
+    """The engine ``engine='auto'`` runs: ``vectorized`` on CUDA (a round's clients at once), ``inprocess``
+    on a CPU, where vmapping clients gains nothing (benchmarks/results/speed_mnist.md: 1.2-1.3x slower)."""
+    if config.engine != "auto":
+        return config.engine
+    return "vectorized" if resolve_device(config.device).type == "cuda" else "inprocess"
 
 
 def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
-    """Run ``config`` (validated, paths resolved) in this process with ``config.engine``'s grid."""
+    """Run ``config`` (validated, paths resolved) in this process with ``config.engine``'s grid
+    (``auto``: ``choose_engine``'s, written into config.json and said in the run's first line)."""
     refuse_crash_faults(config, "the in-process engine")
+    if config.engine == "auto":
+        config = config.replace(engine=choose_engine(config))
+        if progress:
+            print(f"engine: {config.engine} (engine='auto' on {resolve_device(config.device).type})", flush=True)
     grid_class = InProcessGrid
     if config.engine == "vectorized":
         problem = vectorization_problem(config)
@@ -29,4 +43,4 @@ def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
     return run_server(grid, config, progress=progress)
 
 
-__all__ = ["InProcessGrid", "VectorizedInProcessGrid", "error_reply", "run_inprocess"]
+__all__ = ["InProcessGrid", "VectorizedInProcessGrid", "choose_engine", "error_reply", "run_inprocess"]

@@ -7,10 +7,16 @@ by reference and client state stays in device tensors (``fedsign.tensors``). A C
 exception becomes an error reply, as Flower's simulation engine does. Nodes run one after another, so ``send_and_receive``'s
 timeout (``round-timeout``) bounds each node's call: a node still busy after it sends no
 reply this round.
+
+Calls run in the calling thread (no thread per message): from the main thread the timeout is a
+``SIGALRM`` timer that interrupts the node's call, which then sends no reply. From another thread
+(where Python delivers no signals) each call runs in a thread of its own joined with the timeout;
+a node still busy there handles its next message only when the previous one ends.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import traceback
 from collections.abc import Iterable
@@ -37,6 +43,11 @@ def error_reply(msg: Message, err: Exception) -> Message:
     """The reply Flower's simulation engine gives when a ClientApp raises."""
     reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+class NodeTimeout(BaseException):
+    """A node's call ran past ``send_and_receive``'s timeout (raised by the main thread's timer; a
+    BaseException, so the ClientApp's ``except Exception`` handlers do not turn it into a reply)."""
 
 
 class InProcessGrid(Grid):
@@ -106,25 +117,53 @@ class InProcessGrid(Grid):
             self._timeout = None
 
     def _deliver(self, msg: Message) -> None:
-        """Run the node's ClientApp on ``msg`` in a thread; keep its reply if it ends in time."""
+        """Run the node's ClientApp on ``msg``; keep its reply if it ends in time."""
         node_id, message_id = msg.metadata.dst_node_id, msg.metadata.message_id
         context = self.contexts.get(node_id)
         if context is None:
             self._replies[message_id] = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="no such node"),
                                                 reply_to=msg)
             return
+        reply: list[Message] = []
+        if threading.current_thread() is threading.main_thread():
+            self._call_with_alarm(msg, context, reply)
+        else:
+            self._call_in_thread(msg, context, reply)
+        if reply:  # else the node timed out (or is still busy in its thread)
+            self._replies[message_id] = reply[0]
+
+    def _call_with_alarm(self, msg: Message, context: Context, reply: list[Message]) -> None:
+        """The call in this (main) thread, interrupted by ``NodeTimeout`` after the timeout."""
+        if self._timeout is None or self._timeout <= 0:
+            self._call(msg, context, reply)
+            return
+
+        def expire(signum, frame):
+            raise NodeTimeout
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self._timeout)
+        try:
+            self._call(msg, context, reply)
+        except NodeTimeout:
+            reply.clear()  # no reply this round
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _call_in_thread(self, msg: Message, context: Context, reply: list[Message]) -> None:
+        node_id = msg.metadata.dst_node_id
         previous = self._busy.get(node_id)
         if previous is not None:  # a node handles one message at a time
             previous.join(self._timeout)
             if previous.is_alive():
                 return
-        reply: list[Message] = []
         thread = threading.Thread(target=self._call, args=(msg, context, reply), daemon=True)
         self._busy[node_id] = thread
         thread.start()
         thread.join(self._timeout)
-        if reply:  # else the node is still busy (its reply will be dropped) or died
-            self._replies[message_id] = reply[0]
+        if thread.is_alive():
+            reply.clear()
 
     def _call(self, msg: Message, context: Context, reply: list[Message]) -> None:
         try:

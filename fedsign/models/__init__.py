@@ -5,12 +5,14 @@ Every model: ``forward(x, return_features=False)`` -> logits or ``(logits, featu
 optional ``model.projection`` (MOON head); every activation is its own ``nn.ReLU()``.
 """
 
-from .common import BN_WEIGHT_INITS, FedSignNet, ModelConfigError, initialize
+from .common import BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, initialize
 from .groups import PARAM_GROUPS, parameter_groups
-from .registry import MODEL_NAMES, build_model, check_model_input
+from .registry import DEFAULT_INIT, MODEL_NAMES, build_model, check_model_input, resolve_init
 
 __all__ = [
     "BN_WEIGHT_INITS",
+    "DEFAULT_INIT",
+    "INITS",
     "FedSignNet",
     "MODEL_NAMES",
     "ModelConfigError",
@@ -19,4 +21,5 @@ __all__ = [
     "check_model_input",
     "initialize",
     "parameter_groups",
+    "resolve_init",
 ]

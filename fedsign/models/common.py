@@ -1,7 +1,12 @@
 """Shared pieces of the FedSign models: errors, initialization, the classifier head.
 
-Initialization (applied by :func:`initialize` to every model built by ``build_model``,
-the same scheme as the authors' FedRepo ``weights_init``):
+Initialization schemes (``INITS``, applied by :func:`initialize` to every model built by ``build_model``):
+
+``"pytorch"``: each layer keeps the initialization its constructor drew (PyTorch's defaults:
+Kaiming-uniform with a = sqrt(5) for Conv2d / Linear weights, uniform biases); BatchNorm weights
+follow ``bn_weight_init``.
+
+``"fedrepo"``: the scheme of the authors' FedRepo ``weights_init``:
 
 * ``nn.Conv2d``: weight ~ Kaiming-normal (``mode="fan_out"``, ``nonlinearity="relu"``), bias 0.
 * ``nn.Linear`` (hidden FC, projection head and classifier): weight ~ N(0, 0.01) (std 0.01), bias 0.
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 
 BN_WEIGHT_INITS = ("ones", "uniform", "gaussian")
+INITS = ("fedrepo", "pytorch")
 GAUSSIAN_BN_STD = 0.1
 LINEAR_INIT_STD = 0.01
 
@@ -30,14 +36,23 @@ def check_bn_weight_init(bn_weight_init: str) -> None:
         )
 
 
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ModelConfigError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+
+
 @torch.no_grad()
-def initialize(model: nn.Module, bn_weight_init: str = "ones") -> nn.Module:
-    """(Re-)initialize every Conv2d / Linear / BatchNorm of ``model`` in ``model.modules()`` order.
+def initialize(model: nn.Module, bn_weight_init: str = "ones", init: str = "fedrepo") -> nn.Module:
+    """(Re-)initialize every Conv2d / Linear (``init`` = "fedrepo") and BatchNorm of ``model`` in
+    ``model.modules()`` order.
 
     Draws come from the global torch RNG, so ``torch.manual_seed`` makes the result deterministic.
     """
     check_bn_weight_init(bn_weight_init)
+    check_init(init)
     for m in model.modules():
+        if init == "pytorch" and isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:

@@ -5,12 +5,23 @@ from __future__ import annotations
 from torch import nn
 
 from .cnn import CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN, SmallCNN, cnn_num_pools
-from .common import ModelConfigError, check_bn_weight_init, initialize
+from .common import ModelConfigError, check_bn_weight_init, check_init, initialize
 from .mlp import MLP
 from .resnet import CifarResNet
 from .vgg import VGG, VGG_CFGS
 
 MODEL_NAMES = ("cnn", "cnn_small", "mlp", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
+# The initialization a run gets with init='auto', chosen per model by measurement (README, "Initialization"):
+# the paper's VGGs keep FedRepo's scheme, the generic models train faster from PyTorch's defaults.
+DEFAULT_INIT = {name: "fedrepo" if name.startswith("vgg") else "pytorch" for name in MODEL_NAMES}
+
+
+def resolve_init(init: str, model: str) -> str:
+    """``init`` with "auto" replaced by the model's ``DEFAULT_INIT``."""
+    if init == "auto":
+        return DEFAULT_INIT.get(model, "fedrepo")
+    check_init(init)
+    return init
 
 
 def _is_pos_int(v) -> bool:
@@ -46,13 +57,15 @@ def build_model(
     image_size: int = 32,
     projection_dim: int | None = None,
     bn_weight_init: str = "ones",
+    init: str = "fedrepo",
 ) -> nn.Module:
     """Build and initialize model ``name`` (one of :data:`MODEL_NAMES`).
 
     ``projection_dim`` adds MOON's head ``projection = Linear(d,d)-ReLU-Linear(d,projection_dim)``
     before ``classifier = Linear(projection_dim, num_classes)``. ``bn_weight_init`` in
     {"ones", "uniform", "gaussian"} sets BatchNorm weights (no effect on nets without BN:
-    cnn, vgg8, vgg11, vgg16). All draws use the global torch RNG (seed with ``torch.manual_seed``).
+    cnn, vgg8, vgg11, vgg16). ``init``: "fedrepo" or "pytorch" (``fedsign.models.common``), or "auto"
+    (the model's ``DEFAULT_INIT``). All draws use the global torch RNG (seed with ``torch.manual_seed``).
     """
     check_model_input(name, in_channels, image_size)
     if not _is_pos_int(num_classes):
@@ -60,6 +73,7 @@ def build_model(
     if projection_dim is not None and not _is_pos_int(projection_dim):
         raise ModelConfigError(f"{name}: projection_dim must be None or a positive int, got {projection_dim!r}")
     check_bn_weight_init(bn_weight_init)
+    init = resolve_init(init, name)
     if name == "cnn":
         model: nn.Module = SmallCNN(num_classes, in_channels, image_size, projection_dim)
     elif name == "cnn_small":
@@ -71,4 +85,4 @@ def build_model(
     else:
         base, _, bn = name.partition("_")
         model = VGG(VGG_CFGS[base], num_classes, in_channels, image_size, bn == "bn", projection_dim)
-    return initialize(model, bn_weight_init)
+    return initialize(model, bn_weight_init, init)
