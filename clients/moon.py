@@ -12,13 +12,19 @@ no signal, and the headed CNN stays at chance on digits for 8 rounds even with
 
 where z, z_g and z_prev are the features the classifier receives under the local model,
 the received global model and this client's own previous local model. A client taking
-part for the first time has no previous model; ``moon-first-previous`` says what stands in:
+part for the first time has no previous model. The official code (QinbinLi/MOON) keeps an empty pool
+of previous models in the run's first round, so its l_con has no negative pair there and is zero;
+a client first sampled in a later round contrasts against its own never-trained initial net.
+``moon-first-previous`` says what this project does in a client's first round:
 
+- ``"none"``: no contrastive term (l_con = 0, plain cross-entropy). Official MOON exactly when
+  every client takes part in round 1 (its default, all clients every round); with partial
+  participation official MOON differs for clients first sampled after round 1 (``"random"``);
 - ``"init"`` (default): the run's initial global model θ⁰ (the authors' FedRepo code);
-- ``"random"``: a fresh model initialized from a seed of this client and run (official
-  QinbinLi/MOON, which starts every client from its own freshly initialized net);
+- ``"random"``: a fresh model initialized from a seed of this client and run: official MOON's
+  choice for a client first sampled after round 1 (in round 1 official MOON has no term);
 - ``"global"``: the received global model, so z_prev = z_g and l_con is the constant log 2
-  with zero gradient on a client's first round (this project's earlier behaviour).
+  with zero gradient (this project's earlier behaviour; the same gradients as ``"none"``).
 
 As in the official code, the two frozen models run in eval mode (BN running statistics, no
 dropout) and without gradients; they are evaluated with ``torch.func.functional_call``
@@ -87,9 +93,10 @@ class MOONClient(ClientAlgorithm):
                     module.reset_parameters()
 
     def first_previous(self, ctx: ClientRound, global_model: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The stand-in for a first-time client's previous model (``moon-first-previous``)."""
+        """The stand-in for a first-time client's previous model (``moon-first-previous``; under
+        ``"none"`` the received model, whose term ``term_inputs`` weights by 0)."""
         mode = ctx.config.moon_first_previous
-        if mode == "global":
+        if mode in ("global", "none"):
             return global_model
         seed = ctx.config.seed if mode == "init" else derive_seed(ctx.config.seed, ctx.partition_id,
                                                                   RANDOM_INIT_STREAM)
@@ -97,18 +104,22 @@ class MOONClient(ClientAlgorithm):
         return {k: v.to(device) for k, v in float_state(ctx.fresh_model(seed)).items()}
 
     def term_inputs(self, ctx: ClientRound) -> dict[str, Any]:
-        """The received global model and this client's previous model, parameters and buffers."""
+        """The received global model and this client's previous model, parameters and buffers, and
+        the term's weight: 0 in a client's first round under ``moon-first-previous='none'``, else 1."""
         global_model = float_state(ctx.model)
         stored = ctx.state.get(STATE_KEY)
         previous_model = self.first_previous(ctx, global_model) if stored is None else {
             k: v.to(device=global_model[k].device, dtype=global_model[k].dtype) for k, v in stored.items()
         }
-        return {"global": global_model, "previous": previous_model}
+        off = stored is None and ctx.config.moon_first_previous == "none"
+        weight = torch.tensor(0.0 if off else 1.0, device=next(iter(global_model.values())).device)
+        return {"global": global_model, "previous": previous_model, "weight": weight}
 
     def loss_term(self, *, model, params, features, x, y, inputs, global_params, config: RunConfig) -> Tensor:
         z_global = frozen_features(model, inputs["global"], x)
         z_previous = frozen_features(model, inputs["previous"], x)
-        return config.moon_mu * moon_contrastive_loss(features, z_global, z_previous, config.moon_temperature)
+        loss = moon_contrastive_loss(features, z_global, z_previous, config.moon_temperature)
+        return inputs["weight"] * config.moon_mu * loss
 
     def finish(self, ctx: ClientRound) -> dict[str, float]:
         ctx.state[STATE_KEY] = float_state(ctx.model)

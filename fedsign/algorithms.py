@@ -77,7 +77,7 @@ def _load(path: str) -> type:
 
 SIGN_REDUCTIONS = ("root4", "sum", "sqrt", "mean")  # clients.fedsign's docstring gives each one's gradient
 PAN_OPS = ("mul", "add")  # clients.fedpan
-MOON_FIRST_PREVIOUS = ("init", "random", "global")  # clients.moon
+MOON_FIRST_PREVIOUS = ("init", "random", "global", "none")  # clients.moon
 FEDSIGN_REDUCTION = Hyperparameter(
     "fedsign-reduction", "root4", "how Eq. 1 reduces the per-weight reward (clients/fedsign.py)",
     choices=SIGN_REDUCTIONS)
@@ -99,7 +99,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
                Hyperparameter("moon-head", True, "add the projection head (false: headless MOON)"),
                Hyperparameter("moon-first-previous", "init",
                               "a first-time client's stand-in for its previous model: θ⁰ (FedRepo), "
-                              "its own random init (official MOON) or the global model",
+                              "its own random init (official MOON after round 1), the global model, or "
+                              "none: no contrastive term in its first round (official MOON in round 1)",
                               choices=MOON_FIRST_PREVIOUS)),
               tuning=("moon-mu", (0.1, 1.0, 5.0))),
     Algorithm("feddyn", "FedDyn", "strategies.feddyn:FedDyn", "clients.feddyn:FedDynClient",

@@ -291,10 +291,11 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
     assert model.training  # the frozen evaluations restored the mode
 
 
-@pytest.mark.parametrize("mode", ["init", "random", "global"])
+@pytest.mark.parametrize("mode", ["init", "random", "global", "none"])
 def test_moon_first_round_stand_in_for_the_previous_model(mode):
     """A first-time client contrasts against theta^0 (init, FedRepo), its own seeded fresh model
-    (random, official MOON) or the received model (global: constant log 2, zero gradient)."""
+    (random, official MOON after round 1), the received model (global: constant log 2, zero
+    gradient) or has no term (none: official MOON's round 1)."""
     config = RunConfig(strategy="moon", moon_out_dim=8, moon_mu=1.0, moon_temperature=0.5, moon_first_previous=mode)
     client = MOONClient()
     theta_0 = build_run_model(config)
@@ -313,16 +314,16 @@ def test_moon_first_round_stand_in_for_the_previous_model(mode):
     ctx = client_round(model, received, {}, config, fresh_model=fresh_model, partition_id=3)
     inputs = client.term_inputs(ctx)
     expected = {"init": theta_0, "random": build_run_model(config, seed=built[0]) if built else None,
-                "global": model}[mode]
+                "global": model, "none": model}[mode]
     for k, v in expected.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(inputs["previous"][k], v)
     params = dict(model.named_parameters())
     value = client.make_term(ctx, inputs)(params, model(x, return_features=True)[1], x, None)
     gradient = max(float(g.abs().max()) for g in grads(value, params).values())
-    if mode == "global":
-        assert float(value.detach()) == pytest.approx(math.log(2), rel=1e-5) and gradient < 1e-5
-        assert built == []
+    if mode in ("global", "none"):
+        assert float(value.detach()) == (pytest.approx(math.log(2), rel=1e-5) if mode == "global" else 0.0)
+        assert gradient < 1e-5 and built == []
     else:
         assert gradient > 1e-4
         assert built == [config.seed] if mode == "init" else (len(built) == 1 and built[0] != config.seed)
@@ -330,6 +331,11 @@ def test_moon_first_round_stand_in_for_the_previous_model(mode):
     other = client.term_inputs(client_round(model, received, {}, config, fresh_model=fresh_model, partition_id=4))
     same = all(torch.equal(other["previous"][k], inputs["previous"][k]) for k in inputs["previous"])
     assert same == (mode != "random")
+    # from its second round on every mode contrasts against the client's own previous model
+    client.finish(ctx)
+    later = client.term_inputs(client_round(model, received, ctx.state, config, fresh_model=fresh_model,
+                                            partition_id=3))
+    assert float(later["weight"]) == 1.0 and float(inputs["weight"]) == (0.0 if mode == "none" else 1.0)
 
 
 # ---- FedPAN ------------------------------------------------------------------------------

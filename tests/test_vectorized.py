@@ -39,6 +39,18 @@ def test_vectorized_equals_sequential(tmp_path, strategy):
         assert torch.allclose(sequential[key], vectorized[key], atol=1e-4, rtol=0), key
 
 
+def test_moon_without_a_first_round_term_equals_sequential(tmp_path):
+    """moon-first-previous='none' (term weight 0 in a client's first round): the per-client weights
+    are stacked with the other term inputs (a round can mix first-time and returning clients)."""
+    extra = "strategy='moon' moon-first-previous='none' moon-mu=5.0"
+    sequential = final_model(tmp_path, extra, "inprocess")
+    vectorized = final_model(tmp_path, extra, "vectorized")
+    for key in sequential:
+        assert torch.allclose(sequential[key], vectorized[key], atol=1e-4, rtol=0), key
+    assert any(not torch.equal(sequential[k], v) for k, v in final_model(tmp_path / "init", "strategy='moon' "
+               "moon-first-previous='init' moon-mu=5.0", "inprocess").items())  # the mode changes the run
+
+
 @pytest.mark.parametrize("strategy", list(ALGORITHMS))
 def test_sign_term_with_every_strategy_equals_sequential(tmp_path, strategy):
     """The FedSign term (default reduction) added to each strategy: vectorized == in-process, and both
