@@ -183,3 +183,24 @@ def test_simulate_tracks_from_the_server_app(tmp_path):
     _, scalars = tensorboard_scalars(out_dir / "tensorboard")
     expected = metric_values(read_metrics(out_dir))
     assert scalars.keys() == expected.keys() and sorted(scalars["accuracy"]) == [2, 3]
+
+
+@needs("tensorboard", "mlflow")
+def test_resume_logs_the_restored_rounds_again_and_tensorboard_keeps_one_value_per_round(tmp_path):
+    out_dir = tmp_path / "runs" / "r"
+    run(out_dir)  # untracked; tracking may be switched on when resuming
+    expected = metric_values(read_metrics(out_dir))
+    for _ in range(2):
+        run(out_dir, "resume=true tracking='tensorboard,mlflow'")
+        events, scalars = tensorboard_scalars(out_dir / "tensorboard")
+        assert all(len(e) == len(set(e)) for e in
+                   ([s.step for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]))
+        assert scalars.keys() == expected.keys() and sorted(scalars["accuracy"]) == [2, 3]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    mlflow_runs = client.search_runs([client.get_experiment_by_name("fedsign").experiment_id])
+    assert len(mlflow_runs) == 2 and {r.data.tags["fedsign.resumed"] for r in mlflow_runs} == {"true"}
+    for mlflow_run in mlflow_runs:
+        history = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "accuracy")}
+        assert history == pytest.approx(expected["accuracy"])
