@@ -16,12 +16,14 @@ store locked) warns once on stderr, is dropped, and the run goes on. Both packag
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 TRACKERS = ("tensorboard", "mlflow")
 INSTALL_LINE = "pip install -e '.[tracking]'"
@@ -185,6 +187,19 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive flock on ``<database>.lock`` beside a SQLite store (nothing for a server)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 class MLflowTracker:
     """One MLflow run (experiment ``fedsign``) through ``MlflowClient``: no global MLflow state, no server."""
 
@@ -196,11 +211,13 @@ class MLflowTracker:
 
         self.out_dir = out_dir
         uri, self.artifact_location = mlflow_store(config.get("mlflow-uri", ""), out_dir)
-        self.client = MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):  # runs starting together (a sweep's workers) would each create the database
+            self.client = MlflowClient(tracking_uri=uri)
+            experiment_id = self._experiment_id()
         tags = {"fedsign.out_dir": str(out_dir)}
         if config.get("resume"):
             tags["fedsign.resumed"] = "true"
-        self.run_id = self.client.create_run(self._experiment_id(), run_name=out_dir.name, tags=tags).info.run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=out_dir.name, tags=tags).info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, json.dumps(v) if not isinstance(v, str) else v)
                                                    for k, v in sorted(config.items())])
 
@@ -210,7 +227,7 @@ class MLflowTracker:
             return experiment.experiment_id
         try:
             return self.client.create_experiment(MLFLOW_EXPERIMENT, artifact_location=self.artifact_location)
-        except Exception:  # another run created it meanwhile (a sweep's workers share one store)
+        except Exception:  # another process created it meanwhile (a server store, not locked here)
             experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
             if experiment is None:
                 raise

@@ -204,3 +204,23 @@ def test_resume_logs_the_restored_rounds_again_and_tensorboard_keeps_one_value_p
     for mlflow_run in mlflow_runs:
         history = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "accuracy")}
         assert history == pytest.approx(expected["accuracy"])
+
+
+@needs("mlflow")
+def test_runs_starting_together_share_a_new_sqlite_store(tmp_path):
+    """A sweep's workers open the default store at once: its creation is serialised (unlocked, the
+    processes failed in MLflow's schema migration, each running it on the same new database)."""
+    script = ("import sys; from pathlib import Path; from fedsign.tracking import MLflowTracker; "
+              "Path(sys.argv[1]).mkdir(parents=True); "
+              "t = MLflowTracker(Path(sys.argv[1]), {'tracking': 'mlflow'}); "
+              "t.log_rows([{'round': r, 'accuracy': r / 10} for r in (1, 2, 3)]); t.finish('finished')")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs" / f"w{i}")], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    mlflow_runs = client.search_runs([client.get_experiment_by_name("fedsign").experiment_id])
+    assert sorted(r.info.run_name for r in mlflow_runs) == ["w0", "w1", "w2"]
+    assert all(len(client.get_metric_history(r.info.run_id, "accuracy")) == 3 for r in mlflow_runs)
