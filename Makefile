@@ -14,7 +14,7 @@ RUN_CONFIG ?= strategy='fedavg' dataset='digits' num-clients=10 clients-per-roun
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,tracking]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -32,7 +32,7 @@ LEGACY_NAME = "checkpoint.pt"  # the pickle format of earlier versions: never lo
 FORMAT = 2
 METADATA_KEY = "fedsign-checkpoint"
 # Keys a resumed run may change (the out-dir may move): they do not alter what the remaining rounds compute.
-RESUMABLE_CHANGES = ("resume", "out-dir", "device", "round-timeout", "checkpoint-every")
+RESUMABLE_CHANGES = ("resume", "out-dir", "device", "round-timeout", "checkpoint-every", "tracking", "mlflow-uri")
 
 
 class CheckpointError(OutDirError):

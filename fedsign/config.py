@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS
+from fedsign.tracking import absolute_store, tracking_problem
 
 STRATEGIES = tuple(ALGORITHMS)
 ENGINES = ("auto", "inprocess", "vectorized")
@@ -73,6 +74,8 @@ class PlatformConfig:
     min_replies: int = 1
     round_timeout: float = 3600.0
     fail_partitions: str = ""  # failure injection for reliability tests, see fedsign.faults
+    tracking: str = ""  # '', 'tensorboard', 'mlflow' or 'tensorboard,mlflow' (fedsign.tracking)
+    mlflow_uri: str = ""  # the MLflow store; '' = the file store mlruns/ beside the run folder
 
     # ------------------------------------------------------------------ keys
     @staticmethod
@@ -180,6 +183,9 @@ class PlatformConfig:
             except ValueError as err:
                 raise ConfigError(f"fail-partitions: {err}") from None
         self._validate_round_timeout()
+        tracking = tracking_problem(self.tracking, self.mlflow_uri)
+        if tracking:
+            raise ConfigError(tracking)
         if self.device == "cuda":
             import torch  # here, not at the top (~2 s): only device='cuda' needs it
 
@@ -251,7 +257,8 @@ class PlatformConfig:
             from fedsign.models import DEFAULT_INIT  # here, not at the top: models pull in torch (~2 s)
 
             init = DEFAULT_INIT.get(self.model, self.init)
-        return self.replace(data_dir=data_dir, out_dir=str(out_path.resolve()), init=init)
+        return self.replace(data_dir=data_dir, out_dir=str(out_path.resolve()), init=init,
+                            mlflow_uri=absolute_store(self.mlflow_uri, root))
 
     def run_name(self) -> str:
         """A readable default run name: strategy-dataset-alpha-seed."""

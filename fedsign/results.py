@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+from fedsign.tracking import Tracking
+
 METRIC_COLUMNS = ("round", "accuracy", "loss", "train_loss", "num_replies", "num_failures", "seconds")
 MARKER_NAME = "fedsign-run.json"
 LOCK_NAME = "fedsign-run.lock"
@@ -144,6 +146,7 @@ class RunResults:
         self.rows: list[dict[str, Any]] = list(rows)
         self.lock: RunLock | None = None
         self.status = "running"
+        self.tracking = Tracking()  # none until start_tracking
 
     @classmethod
     def create(cls, out_dir: str | os.PathLike, resume: bool = False) -> "RunResults":
@@ -191,9 +194,17 @@ class RunResults:
             atomic_write(self.out_dir / "summary.json",
                          strict_json({"status": status, "reason": reason or None, **self.summary()}, indent=2) + "\n")
         atomic_write(self.out_dir / MARKER_NAME, strict_json(marker, indent=2) + "\n")
+        if status != "running":
+            self.tracking.finish(status)
+
+    def start_tracking(self, config: dict[str, Any]) -> None:
+        """Open the trackers of ``config['tracking']`` (fedsign.tracking); every row written from now on,
+        and the run's end (``mark``), goes to them too."""
+        self.tracking = Tracking.start(self.out_dir, config)
 
     def close(self) -> None:
-        """Release the out-dir's lock."""
+        """Finish any tracker still open and release the out-dir's lock."""
+        self.tracking.finish(self.status)
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -218,11 +229,16 @@ class RunResults:
         atomic_write(self.out_dir / "environment.json", json.dumps(environment, indent=2) + "\n")
 
     def append_round(self, row: dict[str, Any]) -> None:
-        """Add one round's metrics and rewrite metrics.csv."""
-        self.set_rows([*self.rows, row])
+        """Add one round's metrics, rewrite metrics.csv and log the row to the trackers."""
+        self._write_rows([*self.rows, row])
+        self.tracking.log_rows(self.rows[-1:])
 
     def set_rows(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Replace every round's metrics (a resumed run's rows so far) and rewrite metrics.csv."""
+        """Replace every round's metrics (a resumed run's rows so far), rewrite metrics.csv and log them."""
+        self._write_rows(rows)
+        self.tracking.log_rows(self.rows)
+
+    def _write_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         self.rows = [dict(r) for r in rows]
         columns = list(METRIC_COLUMNS)
         for r in self.rows:

@@ -137,6 +137,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
         results.write_config(config.to_dict())
         results.write_environment(device)
         write_partition_report(results.out_dir, labels, list(partitions), spec.num_classes)
+        results.start_tracking(config.to_dict())
         try:
             _rounds(grid, config, results, model, strategy, arrays, checkpoint, progress)
         except RunFailed as err:

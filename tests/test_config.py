@@ -17,6 +17,18 @@ def test_pyproject_holds_every_key_with_its_default():
     assert pyproject["tool"]["flwr"]["app"]["config"] == RunConfig.defaults()
 
 
+def test_readme_key_table_names_every_platform_key():
+    """README's "Run-config keys" table lists every key of PlatformConfig (the hyperparameters have their own,
+    generated table, checked in test_registry)."""
+    from fedsign.config import PlatformConfig
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Run-config keys", 1)[1].split("\n\n", 2)[1]
+    listed = {name.strip(" `") for line in table.splitlines() for name in line.split("|")[1].split(",")
+              if line.startswith("| `")}
+    assert listed == set(PlatformConfig.keys())
+
+
 def test_parses_flwr_syntax_and_types():
     cfg = RunConfig.from_overrides("strategy='fedsign' num-rounds=3 lr=1 resume=false dirichlet-alpha=0.1")
     assert cfg.strategy == "fedsign" and cfg.num_rounds == 3 and cfg.lr == 1.0 and cfg.dirichlet_alpha == 0.1

@@ -1,4 +1,4 @@
-"""``fedsign`` command line: run (in-process), simulate (flwr run on Ray), validate, federation, landscape.
+"""``fedsign`` command line: run (in-process), simulate (flwr run on Ray), validate, compare, federation, landscape.
 
 ``--run-config`` takes exactly what ``flwr run . --run-config`` takes: space-separated
 ``key=value`` pairs with TOML values (quote strings: ``strategy='fedsign'``) or a
@@ -13,6 +13,7 @@ import sys
 import threading
 
 from fedsign.cli.common import CLIError
+from fedsign.cli.compare import add_compare_parser
 from fedsign.cli.federation import add_federation_parser
 from fedsign.cli.run import add_run_parsers
 from fedsign.config import ConfigError
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
+    add_compare_parser(sub)
     add_federation_parser(sub)
     add_landscape_parser(sub)
     return parser
