@@ -246,6 +246,11 @@ def final_value(history: list[dict], column: str) -> float | None:
     return statistics.mean(values[-FINAL_WINDOW:]) if values else None
 
 
+def last_value(history: list[dict], column: str) -> float | None:
+    """``column`` in the last round that has it."""
+    return next((r[column] for r in reversed(history) if r.get(column) is not None), None)
+
+
 def cell_summary(cell: Cell, history: list[dict]) -> dict:
     """Final test and validation accuracy of the reported model, term strength and sign consistency."""
     prefix = REPORTED_MODEL.get(cell.method, "")
@@ -253,7 +258,7 @@ def cell_summary(cell: Cell, history: list[dict]) -> dict:
     return {"test": final_value(history, f"{prefix}accuracy"), "val": final_value(history, f"{prefix}val_accuracy"),
             "term_grad_ratio": statistics.median(ratios) if ratios else None,
             "ssr_clients": final_value(history, "ssr_clients"),
-            "weight_norm": final_value(history, "weight_norm"), "weights_over_1": final_value(history, "weights_over_1"),
+            "weight_norm": last_value(history, "weight_norm"), "weights_over_1": last_value(history, "weights_over_1"),
             "peak_weight_norm": max((r["weight_norm"] for r in history if r.get("weight_norm") is not None),
                                     default=None),
             "curve": [(r["round"], r[f"{prefix}accuracy"]) for r in history if r.get(f"{prefix}accuracy") is not None]}

@@ -32,7 +32,7 @@ class ClientRound:
 
     config: RunConfig
     model: nn.Module  # the run's model holding the received global model (trained in place)
-    global_params: dict[str, Tensor]  # detached copy of the received trainable parameters
+    global_params: dict[str, Tensor]  # the received trainable parameters (read-only: in-process, the server's tensors)
     state: ClientState  # this client's persisted state (updated in place by ``finish``)
     partition_id: int
     server_round: int

@@ -201,7 +201,7 @@ def begin_training(msg: Message, context: Context, model: nn.Module | None = Non
         load_tensors(model, received)
         images, labels = client_data(config, pid, device)
         ctx = ClientRound(
-            config=config, model=model, global_params={k: v.detach().clone() for k, v in model.named_parameters()},
+            config=config, model=model, global_params={k: received[k] for k, _ in model.named_parameters()},
             state=load_state(context, state_key), partition_id=pid, server_round=server_round,
             num_examples=len(images), mean_num_examples=mean_partition_size(config),
             fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),

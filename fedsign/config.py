@@ -75,7 +75,7 @@ class PlatformConfig:
     round_timeout: float = 3600.0
     fail_partitions: str = ""  # failure injection for reliability tests, see fedsign.faults
     tracking: str = ""  # '', 'tensorboard', 'mlflow' or 'tensorboard,mlflow' (fedsign.tracking)
-    mlflow_uri: str = ""  # the MLflow store; '' = the file store mlruns/ beside the run folder
+    mlflow_uri: str = ""  # the MLflow store; '' = the SQLite store mlflow.db beside the run folder
 
     # ------------------------------------------------------------------ keys
     @staticmethod

@@ -28,12 +28,14 @@ PRESET = table1.Preset(datasets=("digits",), alphas=(1.0, 0.5), seeds=(0, 1, 2),
 METHODS = ("fedavg", "fedsign")
 
 
-def write_cell(runs: Path, cell, test: list[float], val: list[float]) -> None:
-    """A finished cell folder with the given per-evaluation test and validation accuracies."""
+def write_cell(runs: Path, cell, test: list[float], val: list[float], weight_norm: list[float] | None = None
+               ) -> None:
+    """A finished cell folder with the given per-evaluation test and validation accuracies (and weight norms)."""
     folder = runs / cell.name
     folder.mkdir(parents=True)
-    rows = [f"{i + 1},{t},{v}" for i, (t, v) in enumerate(zip(test, val))]
-    (folder / "metrics.csv").write_text("round,accuracy,val_accuracy\n" + "\n".join(rows) + "\n")
+    norms = weight_norm or [""] * len(test)
+    rows = [f"{i + 1},{t},{v},{n}" for i, (t, v, n) in enumerate(zip(test, val, norms))]
+    (folder / "metrics.csv").write_text("round,accuracy,val_accuracy,weight_norm\n" + "\n".join(rows) + "\n")
     (folder / "model.safetensors").write_bytes(b"")
 
 
@@ -133,3 +135,49 @@ def test_aggregate_writes_tables_from_finished_cells_only(tmp_path):
         ("fedavg", "", ""), ("fedsign", "0.01", "0.01")]
     assert rows[1]["accuracies"] == "0:0.55 1:0.7 2:0.75"
     assert (out / "table1_t_curves.png").stat().st_size > 0
+
+
+def test_cpu_full_is_the_paper_structure_on_the_full_split_with_the_reduction_study(tmp_path):
+    full = table1.PRESETS["cpu-full"]
+    settings = dict(item.split("=") for item in full.common.split())
+    paper = dict(item.split("=") for item in table1.PRESETS["paper"].common.split())
+    for key in ("num-clients", "clients-per-round", "local-epochs", "batch-size", "lr", "momentum", "weight-decay",
+                "grad-clip", "weighted", "partition-style", "validation-fraction", "eval-every", "init"):
+        assert settings[key] == paper[key], key
+    assert settings["model"] == "'mlp'" and "train-samples" not in settings  # the whole train split
+    assert full.alphas == (10.0, 1.0, 0.5, 0.1) and full.seeds == (0, 1, 2, 3, 4) and full.convergence_check
+    assert full.reduction_alphas == (0.5, 0.1) and full.reduction_seeds == 3
+    for name, variant in table1.VARIANTS.items():
+        assert set(table1.TUNING_GRIDS["fedsign"][1]) < set(variant.grid[1])  # the paper's grid and one decade
+        assert variant.method == "fedsign" and table1.TUNING_GRIDS[name] == variant.grid
+    tuning = table1.tuning_cells(full, table1.METHODS, full.datasets)
+    # per alpha: FedAvg + five grids of 3 + the check; at alpha 0.5 and 0.1 two reduction grids of 4
+    assert len(tuning) == 4 * (1 + 5 * 3 + 1) + 2 * 2 * 4 and len({c.name for c in tuning}) == len(tuning)
+    selected = {g: None for g in full.groups(table1.METHODS, full.datasets)}
+    assert len(table1.seed_cells(full, table1.METHODS, full.datasets, selected)) == 4 * 6 * 4 + 2 * 2 * 2
+    cell = next(c for c in tuning if c.method == "fedsign-mean")
+    config = RunConfig.from_overrides(cell.overrides(full, {}, tmp_path / "x", ""), validate=False)
+    assert (config.strategy, config.fedsign_reduction, config.dirichlet_alpha) == ("fedsign", "mean", 0.5)
+
+
+def test_reduction_table_heterogeneity_row_and_weight_columns(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    preset = table1.Preset(datasets=("digits",), alphas=(10.0, 0.5), seeds=(0, 1, 2), reduction_alphas=(0.5,),
+                           reduction_seeds=2, common="num-clients=10 num-rounds=2 validation-fraction=0.2")
+    for alpha, accs in {10.0: (0.8, 0.9, 0.85), 0.5: (0.6, 0.7, 0.65)}.items():
+        for seed, acc in enumerate(accs):
+            write_cell(runs, table1.Cell("digits", alpha, "fedavg", seed), [acc] * 3, [acc] * 3)
+        for gamma in table1.TUNING_GRIDS["fedsign"][1]:
+            write_cell(runs, table1.Cell("digits", alpha, "fedsign", 0, gamma), [0.5] * 3, [0.5 + gamma] * 3)
+        for seed in (1, 2):
+            write_cell(runs, table1.Cell("digits", alpha, "fedsign", seed, 0.1), [0.5] * 3, [0.5] * 3)
+    for gamma in table1.TUNING_GRIDS["fedsign-sum"][1]:
+        write_cell(runs, table1.Cell("digits", 0.5, "fedsign-sum", 0, gamma), [0.6] * 3, [0.6 - gamma] * 3,
+                   weight_norm=[1.0, 30.0, 20.0])
+    write_cell(runs, table1.Cell("digits", 0.5, "fedsign-sum", 1, 0.0001), [0.75] * 3, [0.75] * 3,
+               weight_norm=[1.0, 2.0, 3.0])
+    markdown = table1.aggregate("r", preset, runs, out, METHODS, ("digits",))
+    assert "| digits | +20.00 ± 0.00 |" in markdown  # FedAvg: alpha 10 minus alpha 0.5, paired by seed
+    assert "| digits | 0.5 | sum | 0.0001 | 67.50 ± 10.61 (2 seeds) | +2.50 ± 3.54 (p=0.50" in markdown
+    assert "| digits | 0.5 | sum | 0.001 | 60.00 | 59.90 | – | – | – | 20.0 | 30.0 | – | – |" in markdown  # final, peak norm
+    assert "FedSign (mean)" not in markdown and "| digits | 0.5 | mean |" not in markdown  # not run: no row
