@@ -38,7 +38,7 @@ class ClientRound:
     server_round: int
     num_examples: int  # this client's training examples
     mean_num_examples: float  # mean training examples per client over all clients
-    fresh_model: Callable[[int], nn.Module]  # the run's model initialized from a seed (run seed: its θ⁰)
+    fresh_model: Callable[[int], nn.Module]  # the run's model initialized from a seed (run seed: its θ⁰); shared, read-only
 
 
 class ClientAlgorithm:

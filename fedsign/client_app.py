@@ -29,7 +29,7 @@ from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.results import atomic_write
-from fedsign.task import (CLIENT_MODELS, build_run_model, client_data, load_tensors, mean_partition_size,
+from fedsign.task import (CLIENT_MODELS, client_data, initial_model, load_tensors, mean_partition_size,
                           model_tensors)
 from fedsign.tensors import DeviceRecordDict, pack, to_array_record, unpack
 from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
@@ -204,7 +204,7 @@ def begin_training(msg: Message, context: Context, model: nn.Module | None = Non
             config=config, model=model, global_params={k: received[k] for k, _ in model.named_parameters()},
             state=load_state(context, state_key), partition_id=pid, server_round=server_round,
             num_examples=len(images), mean_num_examples=mean_partition_size(config),
-            fresh_model=lambda seed: build_run_model(config, algorithm, seed=seed),
+            fresh_model=lambda seed: initial_model(config, seed),
         )
         job = LocalTraining(msg, context, algorithm, ctx, state_key, fault, images, labels,
                             derive_seed(config.seed, server_round, pid), owns_model=owns_model)

@@ -42,6 +42,13 @@ def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None,
     return model
 
 
+@lru_cache(maxsize=8)
+def initial_model(config: RunConfig, seed: int) -> nn.Module:
+    """``build_run_model(config, seed=seed)`` built once per process and shared: read it, never train it
+    (MOON's stand-in for a first-time client's previous model is the same θ⁰ for every client)."""
+    return build_run_model(config, seed=seed)
+
+
 def dataset(name: str, data_dir: str) -> ImageData:
     """The decoded dataset, cached per process (``fedsign.data.loaded_dataset``)."""
     return loaded_dataset(name, data_dir)
