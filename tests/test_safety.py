@@ -152,7 +152,7 @@ def test_lock_is_released_when_the_writer_is_killed(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from fedsign.results import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "from fedsign.results import RunLock; RunLock(Path(sys.argv[1])).acquire().stamp(); "
                                "print('held', flush=True); time.sleep(60)", str(out)],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:

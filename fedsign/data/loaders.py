@@ -148,12 +148,13 @@ def _decode_images(items: list[tuple[str, bytes | Path]], size: int) -> np.ndarr
     for i, (name, payload) in enumerate(items):
         try:
             with Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload) as im:
-                a = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+                width, height = im.size  # from the header: an image of the wrong size is refused undecoded
+                if (width, height) == (size, size):
+                    out[i] = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable images
             raise ValueError(f"cannot decode image {name}: {e}") from e
-        if a.shape != out.shape[1:]:
-            raise ValueError(f"image {name} is {a.shape[1]}x{a.shape[0]}, expected {size}x{size}")
-        out[i] = a
+        if (width, height) != (size, size):
+            raise ValueError(f"image {name} is {width}x{height}, expected {size}x{size}")
     return out.transpose(0, 3, 1, 2)
 
 
