@@ -11,7 +11,8 @@ Accepted sources (``data_dir``; a relative default dir is taken from the project
   cinic10  ImageFolder data_dir/{train,test}/<class>/*; the ``valid`` split is not used.
   cifar100 ``cifar-100-python/{train,test}`` pickles (data_dir is that folder or its parent); fine labels.
   svhn     train_32x32.mat and test_32x32.mat (``extra`` is not used); label 10 means digit 0.
-Image-folder and tarball images (PNG or JPEG, already 32x32) are ordered by (class, file name).
+Image-folder and tarball images (PNG or JPEG, already 32x32) are ordered by (class, file name); an
+image of another size is refused from its header, before it is decoded.
 """
 from __future__ import annotations
 
