@@ -222,11 +222,13 @@ def failure_kind(reason: str) -> str:
 
 
 def every_round_failed(config: RunConfig, rounds: int, failures: Counter) -> str:
-    """The one-line reason of a run none of whose rounds had ``min-replies`` usable replies."""
+    """The one-line reason of a run none of whose rounds had ``min-replies`` usable replies (``failures``:
+    this process's failed replies by kind)."""
     counts = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
     hint = FAILURE_HINTS[failures.most_common(1)[0][0]] if failures else "check min-replies"
-    return (f"every round failed: no round had min-replies={config.min_replies} usable replies ({counts or 'none'} "
-            f"failed replies in {rounds} rounds): {hint.format(timeout=config.round_timeout, lr=config.lr)}; "
+    return (f"every round failed: no round had min-replies={config.min_replies} usable replies "
+            f"({failures.total()} failed replies in {rounds} rounds: {counts or 'none'}); "
+            f"{hint.format(timeout=config.round_timeout, lr=config.lr)}; "
             "the model was never updated, so no final model is written")
 
 

@@ -590,7 +590,7 @@ def test_every_round_timing_out_names_round_timeout(tmp_path, capfd):
     out = tmp_path / "run"
     assert main(["run", "--quiet", "-c", conf(f"round-timeout=1e-6 out-dir='{out}'")]) == 1
     line = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("error")]
-    assert len(line) == 1 and "4 timeout failed replies in 2 rounds" in line[0], line
+    assert len(line) == 1 and "(4 failed replies in 2 rounds: 4 timeout); no reply within round-timeout=1e-06 s" in line[0], line
     assert "raise round-timeout" in line[0] and "lower lr" not in line[0]
 
 

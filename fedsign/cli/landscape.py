@@ -230,10 +230,12 @@ def _out_dir(args: argparse.Namespace, run_path: str | Path | None) -> Path:
 
 def _ours(record: Path) -> bool:
     """Whether ``record`` is absent or a record of a ``fedsign landscape`` command (its config says so)."""
-    if not record.exists() and not record.is_symlink():
+    if record.is_symlink():
+        return False
+    if not record.exists():
         return True
     try:
-        config = json.loads(record.read_text()).get("config") if not record.is_symlink() else None
+        config = json.loads(record.read_text()).get("config")
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return False
     return isinstance(config, dict) and config.get("command") == "landscape"
