@@ -15,6 +15,7 @@ one ``Algorithm`` entry below.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,8 @@ class Hyperparameter:
         """Why ``value`` is out of range (one line naming the key), None when it is fine."""
         if self.choices and value not in self.choices:
             return f"{self.key} must be one of {', '.join(self.choices)}; got '{value}'"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{self.key} must be a finite number, got {value}"
         if self.minimum is not None and (value <= self.minimum if self.open_minimum else value < self.minimum):
             return f"{self.key} must be {'>' if self.open_minimum else '>='} {self.minimum:g}, got {value}"
         if self.maximum is not None and (value >= self.maximum if self.open_maximum else value > self.maximum):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ FORMAT = 2
 METADATA_KEY = "fedsign-checkpoint"
 # Keys a resumed run may change (the out-dir may move): they do not alter what the remaining rounds compute.
 RESUMABLE_CHANGES = ("resume", "out-dir", "device", "round-timeout", "checkpoint-every", "tracking", "mlflow-uri")
+
+
+# A metrics column: a plain name (no comma, quote, newline, or a leading =+-@ a spreadsheet runs as a formula).
+_COLUMN = re.compile(r"[A-Za-z][A-Za-z0-9_.]*")
 
 
 class CheckpointError(OutDirError):
@@ -129,7 +134,27 @@ def decode(data: bytes, where: str) -> Checkpoint:
             and len(checkpoint.rows) == checkpoint.round and isinstance(checkpoint.config, dict)):
         raise CheckpointError(f"checkpoint {where} is inconsistent (round {checkpoint.round!r}, "
                               f"{len(checkpoint.rows)} metric rows); {fix}")
+    num_rounds = checkpoint.config.get("num-rounds")
+    if not (isinstance(num_rounds, int) and checkpoint.round <= num_rounds):
+        raise CheckpointError(f"checkpoint {where} is at round {checkpoint.round} of a {num_rounds!r}-round config; "
+                              f"{fix}")
+    problem = _rows_problem(checkpoint.rows)
+    if problem:
+        raise CheckpointError(f"checkpoint {where} holds metric rows metrics.csv cannot take ({problem}); {fix}")
     return checkpoint
+
+
+def _rows_problem(rows: list[Any]) -> str | None:
+    """Why ``rows`` are not round 1, 2, ... rows of plain column names and numbers (None: they are)."""
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or row.get("round") != number:
+            return f"row {number} is not round {number}"
+        for column, value in row.items():
+            if not _COLUMN.fullmatch(column):
+                return f"round {number}: column {column[:40]!r} is not a plain name"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"round {number}: {column} is {str(value)[:40]!r}, not a number"
+    return None
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -167,15 +192,38 @@ def config_changes(saved: dict[str, Any], config: RunConfig) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
-def check_arrays(checkpoint: Checkpoint, expected: dict[str, tuple[tuple[int, ...], np.dtype]], where: str) -> None:
-    """CheckpointError unless the checkpoint's model arrays have exactly ``expected``'s names, shapes, dtypes."""
+def check_arrays(checkpoint: Checkpoint, expected: dict[str, tuple[tuple[int, ...], np.dtype]], where: str,
+                 num_clients: int) -> None:
+    """CheckpointError unless the checkpoint's model arrays have exactly ``expected``'s names, shapes,
+    dtypes; every client state (partitions below ``num_clients``) holds only arrays named and shaped
+    as model arrays; and every floating-point array (model, strategy, client state) is finite."""
+    fix = "delete it to rerun from round 1, or pick a new out-dir"
     got = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in checkpoint.arrays.items()}
     for name in dict.fromkeys([*expected, *got]):
         if got.get(name) != expected.get(name):
             have = "missing" if name not in got else f"{list(got[name][0])} {got[name][1]}"
             want = "absent" if name not in expected else f"{list(expected[name][0])} {expected[name][1]}"
             raise CheckpointError(f"checkpoint {where} does not fit this run's model: '{name}' is {have}, "
-                                  f"expected {want}; delete it to rerun from round 1, or pick a new out-dir")
+                                  f"expected {want}; {fix}")
+    arrays = {f"model/{k}": v for k, v in checkpoint.arrays.items()}
+    for key, value in checkpoint.strategy.items():
+        if isinstance(value, dict):
+            arrays.update({f"strategy/{key}/{k}": v for k, v in value.items()})
+    for partition, state in (checkpoint.client_states or {}).items():
+        if not 0 <= partition < num_clients:
+            raise CheckpointError(f"checkpoint {where} holds client state of partition {partition}, outside "
+                                  f"[0, {num_clients}); {fix}")
+        for record_name, record in state.array_records.items():
+            for name, array in record.items():
+                shape = tuple(array.shape)
+                if name not in expected or shape != expected[name][0]:
+                    want = "no such model array" if name not in expected else f"expected {list(expected[name][0])}"
+                    raise CheckpointError(f"checkpoint {where}: client state {record_name} of partition {partition} "
+                                          f"holds '{name}' {list(shape)} ({want}); {fix}")
+                arrays[f"client/{partition}/{record_name}/{name}"] = array.numpy()
+    for name, array in arrays.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise CheckpointError(f"checkpoint {where}: array {name} has NaN or Inf values; {fix}")
 
 
 def resume_point(out_dir: str | os.PathLike, config: RunConfig) -> Checkpoint | None:

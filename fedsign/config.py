@@ -12,6 +12,7 @@ Validation runs before any data loading, Ray start or training, and raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -179,13 +180,16 @@ class PlatformConfig:
             from fedsign.faults import parse_fail_partitions  # here, not at the top: faults pulls in flwr (~0.4 s)
 
             try:
-                parse_fail_partitions(self.fail_partitions, self.num_clients)
+                parse_fail_partitions(self.fail_partitions, self.num_clients, self.num_rounds)
             except ValueError as err:
                 raise ConfigError(f"fail-partitions: {err}") from None
         self._validate_round_timeout()
         tracking = tracking_problem(self.tracking, self.mlflow_uri)
         if tracking:
             raise ConfigError(tracking)
+        for f in fields(PlatformConfig):  # inf passes the range checks above (round-timeout: its own message)
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"{self.key_of(f.name)} must be a finite number, got {getattr(self, f.name)}")
         if self.device == "cuda":
             import torch  # here, not at the top (~2 s): only device='cuda' needs it
 

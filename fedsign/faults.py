@@ -26,15 +26,18 @@ from torch import Tensor
 
 MODES = ("raise", "hang", "crash", "nan", "shape")
 CRASH_EXIT_CODE = 70
-_ITEM = re.compile(r"^(\d+):([a-z]+)(?:@(\d+))?$")
+_ITEM = re.compile(r"^([0-9]+):([a-z]+)(?:@([0-9]+))?$")  # ASCII digits only (\d takes full-width ones)
 
 
 class InjectedFailure(RuntimeError):
     """The failure a ``fail-partitions`` entry asked for."""
 
 
-def parse_fail_partitions(text: str, num_clients: int) -> dict[int, list[tuple[str, int | None]]]:
-    """``{partition: [(mode, round or None for every round), ...]}``; ValueError on bad input."""
+def parse_fail_partitions(text: str, num_clients: int,
+                          num_rounds: int | None = None) -> dict[int, list[tuple[str, int | None]]]:
+    """``{partition: [(mode, round or None for every round), ...]}``; ValueError on bad input, on an
+    entry that another one for its partition shadows, and (given ``num_rounds``) on a round the run
+    never reaches: each entry fires."""
     faults: dict[int, list[tuple[str, int | None]]] = {}
     for item in text.replace(",", " ").split():
         match = _ITEM.match(item)
@@ -45,9 +48,16 @@ def parse_fail_partitions(text: str, num_clients: int) -> dict[int, list[tuple[s
             raise ValueError(f"mode '{mode}' in '{item}' must be one of {', '.join(MODES)}")
         if partition >= num_clients:
             raise ValueError(f"partition {partition} in '{item}' outside [0, {num_clients})")
-        if server_round is not None and int(server_round) < 1:
+        only_round = None if server_round is None else int(server_round)
+        if only_round is not None and only_round < 1:
             raise ValueError(f"round in '{item}' must be >= 1")
-        faults.setdefault(partition, []).append((mode, None if server_round is None else int(server_round)))
+        if only_round is not None and num_rounds is not None and only_round > num_rounds:
+            raise ValueError(f"'{item}' never fires: the run has num-rounds={num_rounds}")
+        earlier = faults.setdefault(partition, [])
+        if any(r is None or only_round is None or r == only_round for _, r in earlier):
+            raise ValueError(f"'{item}' overlaps another entry for partition {partition}: give each partition "
+                             "one entry per round, or one for every round")
+        earlier.append((mode, only_round))
     return faults
 
 

@@ -4,23 +4,29 @@ Every file is written by ``atomic_write`` (temp file + rename, mode 0666 less th
 a crash keeps every finished round and never leaves a half-written file. A run folder carries
 the marker ``fedsign-run.json`` (its status: running, finished, diverged, interrupted, failed)
 and is held by an exclusive lock on ``fedsign-run.lock`` while a run writes to it
-(see docs/results-folder.md).
+(see docs/results-folder.md). Nothing is written through a symlink: ``atomic_write`` replaces
+a link rather than its target, the lock is opened with ``O_NOFOLLOW``, and resume refuses a
+folder holding a symlink. A failed write (disk full, file-size limit, read-only folder) is a
+one-line ``ResultsWriteError``.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import math
 import os
 import platform
+import signal
 import tempfile
 import time
+from contextlib import contextmanager, suppress
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors.torch import save
@@ -43,7 +49,37 @@ class RunFailed(RuntimeError):
 
 
 class RunInterrupted(RuntimeError):
-    """The run was stopped by SIGINT; its results are marked interrupted."""
+    """The run was stopped by SIGINT or SIGTERM; its results are marked interrupted. ``exit_status``:
+    130 for SIGINT, 143 for SIGTERM (128 + the signal number, as a shell reports it)."""
+
+    def __init__(self, message: str, exit_status: int = 128 + signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by ``sigterm_interrupts`` so a run ends as on Ctrl-C."""
+
+    exit_status = 128 + signal.SIGTERM
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated`` in the main thread (a run then marks its folder
+    interrupted instead of leaving it "running")."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class ResultsWriteError(OSError):
+    """A results file could not be written (disk full, file-size limit, read-only folder); the
+    files written before are intact."""
 
 
 def _umask() -> int:
@@ -54,16 +90,27 @@ def _umask() -> int:
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename; the file gets
-    mode 0666 less the umask, as ``open`` would give it (mkstemp alone gives 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    mode 0666 less the umask, as ``open`` would give it (mkstemp alone gives 0600). The rename
+    replaces a symlink at ``path`` itself, never its target. ResultsWriteError (one line) when
+    the folder takes no more data; ``path`` then keeps its previous content."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, ResultsWriteError):
+            code = errno.errorcode.get(err.errno or 0, "")
+            error = ResultsWriteError(f"cannot write {path} ({err.strerror or err}{', ' + code if code else ''}); "
+                                      f"free space or make {path.parent} writable: the files written before are kept")
+            error.errno = err.errno
+            raise error from None
         raise
 
 
@@ -101,18 +148,23 @@ def check_outcome(out_dir: str | os.PathLike) -> None:
 class RunLock:
     """An exclusive ``flock`` on ``<out-dir>/fedsign-run.lock``, held while a run writes the folder.
 
-    The kernel drops it when the process ends, however it ends (kill -9 included)."""
+    The kernel drops it when the process ends, however it ends (kill -9 included). The file is
+    opened with ``O_NOFOLLOW`` (a symlink there is refused) and gets the holder's PID only once the
+    run starts writing (``stamp``): a refused run leaves it byte-identical."""
 
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = self._locked_fd(Path(self.path.parent))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._fd = self._locked_fd(Path(self.path.parent))
         return self
+
+    def stamp(self) -> None:
+        """Write this process's PID into the held lock file."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -121,7 +173,14 @@ class RunLock:
 
     @staticmethod
     def _locked_fd(out_dir: Path) -> int:
-        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OutDirError(f"out-dir {out_dir}: {LOCK_NAME} is a symlink, and a run writes through none; "
+                                  "remove it or pick a new out-dir") from None
+            raise OutDirError(f"out-dir {out_dir}: cannot open {LOCK_NAME} ({err.strerror}); make the folder "
+                              "writable or pick a new out-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -177,6 +236,10 @@ class RunResults:
                 raise OutDirError(
                     f"out-dir {path} is not empty; pick a new out-dir or pass resume=true to continue it"
                 )
+            links = sorted(p.name for p in path.iterdir() if p.is_symlink())
+            if links:
+                raise OutDirError(f"out-dir {path} holds the symlink {links[0]} (-> {os.readlink(path / links[0])}); "
+                                  "a run writes only regular files in its folder: remove the link or pick a new out-dir")
             if read_marker(path) is None:
                 raise OutDirError(f"out-dir {path} is not a FedSign run folder (no {MARKER_NAME}); resume=true "
                                   "continues only a folder a run wrote: pick a new or empty out-dir")
@@ -184,16 +247,25 @@ class RunResults:
         return path
 
     def mark(self, status: str, reason: str = "") -> None:
-        """Record the run's status in the marker and, once it ended, in summary.json."""
+        """Record the run's status in the marker and, once it ended, in summary.json ("running" also
+        puts this process's PID in the lock file). A run that failed, diverged or was interrupted is
+        marked so if the folder still takes the write; else (disk full, read-only) the marker keeps
+        saying "running" and the error already on its way is the one reported."""
         self.status = status
         marker = {"format": MARKER_FORMAT, "status": status, "rounds": len(self.rows), "pid": os.getpid(),
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if reason:
             marker["reason"] = reason
-        if status != "running":
-            atomic_write(self.out_dir / "summary.json",
-                         strict_json({"status": status, "reason": reason or None, **self.summary()}, indent=2) + "\n")
-        atomic_write(self.out_dir / MARKER_NAME, strict_json(marker, indent=2) + "\n")
+        if status == "running" and self.lock is not None:
+            self.lock.stamp()
+        try:
+            if status != "running":
+                atomic_write(self.out_dir / "summary.json", strict_json(
+                    {"status": status, "reason": reason or None, **self.summary()}, indent=2) + "\n")
+            atomic_write(self.out_dir / MARKER_NAME, strict_json(marker, indent=2) + "\n")
+        except ResultsWriteError:
+            if status in ("running", "finished"):
+                raise
         if status != "running":
             self.tracking.finish(status)
 
@@ -234,7 +306,8 @@ class RunResults:
         self.tracking.log_rows(self.rows[-1:])
 
     def set_rows(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Replace every round's metrics (a resumed run's rows so far), rewrite metrics.csv and log them."""
+        """Replace every round's metrics (a resumed run's rows so far, checked by
+        ``fedsign.checkpoint.decode``: names and numbers only), rewrite metrics.csv and log them."""
         self._write_rows(rows)
         self.tracking.log_rows(self.rows)
 
@@ -255,6 +328,11 @@ class RunResults:
         path = self.out_dir / name
         atomic_write(path, save(state))
         return path
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Write each named file's bytes into the out-dir."""
+        for name, data in files.items():
+            atomic_write(self.out_dir / name, data)
 
     def plot_accuracy(self) -> Path | None:
         """accuracy.png: test accuracy per evaluated round."""

@@ -10,7 +10,8 @@ the grid delivers them and collects replies, the strategy aggregates
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from fedsign.algorithms import client_hyperparameters, get_algorithm
 from fedsign.checkpoint import (Checkpoint, CheckpointError, check_arrays, checkpoint_path, load_checkpoint,
                                 resume_point, save_checkpoint)
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, make_batch_transform, write_partition_report
+from fedsign.data import DATASETS, make_batch_transform, partition_report
 from fedsign.landscape.signs import sign_consistency
 from fedsign.models import parameter_groups
-from fedsign.results import RunFailed, RunInterrupted, RunResults
+from fedsign.results import RunFailed, RunInterrupted, RunResults, Terminated
 from fedsign.task import (build_run_model, dataset, load_tensors, model_tensors, run_partitions, test_data,
                           validation_data)
 from fedsign.tensors import Tensors, finite_flags
@@ -136,19 +137,20 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
         results.mark("running")
         results.write_config(config.to_dict())
         results.write_environment(device)
-        write_partition_report(results.out_dir, labels, list(partitions), spec.num_classes)
+        results.write_files(partition_report(labels, list(partitions), spec.num_classes))
         results.start_tracking(config.to_dict())
         try:
             _rounds(grid, config, results, model, strategy, arrays, checkpoint, progress)
         except RunFailed as err:
             results.mark("diverged", str(err))
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             saved = load_checkpoint_round(results.out_dir)
-            reason = (f"stopped after {len(results.rows)} finished round(s); resume=true continues from round "
+            by = " by SIGTERM" if isinstance(err, Terminated) else ""
+            reason = (f"stopped{by} after {len(results.rows)} finished round(s); resume=true continues from round "
                       f"{saved + 1}" + ("" if saved else " (no checkpoint)"))
             results.mark("interrupted", reason)
-            raise RunInterrupted(f"{reason} in {results.out_dir}") from None
+            raise RunInterrupted(f"{reason} in {results.out_dir}", getattr(err, "exit_status", 130)) from None
         except BaseException as err:
             results.mark("failed", f"{type(err).__name__}: {err}".splitlines()[0])
             raise
@@ -163,7 +165,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
 def check_checkpoint(checkpoint: Checkpoint, config: RunConfig, arrays: Tensors, where: str) -> None:
     """CheckpointError unless ``checkpoint`` fits this run's model (``arrays``) and strategy."""
     check_arrays(checkpoint, {k: (tuple(a.shape), np.dtype(str(a.dtype).removeprefix("torch.")))
-                              for k, a in arrays.items()}, where)
+                              for k, a in arrays.items()}, where, config.num_clients)
     try:
         make_strategy(config).load_state_dict(checkpoint.strategy)  # tried on a throw-away strategy
     except (KeyError, TypeError, ValueError) as err:
@@ -200,6 +202,7 @@ class RunState:
     arrays: Tensors  # on the server's device
     first_round: int
     state_key: str
+    failures: Counter = field(default_factory=Counter)  # failed replies by kind (failure_kind), all rounds
 
 
 def restore(checkpoint: Checkpoint | None, arrays: Tensors, strategy: FedAvg, grid: Grid,
@@ -215,6 +218,32 @@ def restore(checkpoint: Checkpoint | None, arrays: Tensors, strategy: FedAvg, gr
     return RunState(checkpoint.tensors(device), checkpoint.round + 1, checkpoint.state_key)
 
 
+FAILURE_HINTS = {  # what to change when every round failed, by the kind of most failed replies
+    "timeout": "no reply within round-timeout={timeout:g} s: raise round-timeout",
+    "error": "the clients raised errors (their logs, or the warnings above, say which)",
+    "non-finite": "non-finite client models (lr={lr:g}): lower lr or set grad-clip",
+    "invalid": "replies that do not match the global model: check the clients run this project's code",
+}
+
+
+def failure_kind(reason: str) -> str:
+    """The FAILURE_HINTS kind of a dropped reply's reason (``strategies.FedAvg.screen_replies``)."""
+    if reason.startswith("client error"):
+        return "error"
+    return "non-finite" if "non-finite" in reason else "invalid"
+
+
+def every_round_failed(config: RunConfig, rounds: int, failures: Counter) -> str:
+    """The one-line reason of a run none of whose rounds had ``min-replies`` usable replies (``failures``:
+    this process's failed replies by kind)."""
+    counts = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
+    hint = FAILURE_HINTS[failures.most_common(1)[0][0]] if failures else "check min-replies"
+    return (f"every round failed: no round had min-replies={config.min_replies} usable replies "
+            f"({failures.total()} failed replies in {rounds} rounds: {counts or 'none'}); "
+            f"{hint.format(timeout=config.round_timeout, lr=config.lr)}; "
+            "the model was never updated, so no final model is written")
+
+
 def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState, server_round: int,
                 groups: dict[str, str], track_signs: bool = True) -> dict[str, Any]:
     """Send the global model to a sample of clients, aggregate their replies into ``state.arrays``;
@@ -226,6 +255,8 @@ def train_round(grid: Grid, config: RunConfig, strategy: FedAvg, state: RunState
     result = strategy.aggregate_round(server_round, replies)
     row: dict[str, Any] = {"round": server_round, "num_replies": len(result.usable),
                            "num_failures": len(result.dropped) + len(messages) - len(replies)}
+    state.failures.update([failure_kind(reason) for reason in result.dropped]
+                          + ["timeout"] * (len(messages) - len(replies)))
     if result.arrays is None:  # fewer than min-replies usable replies: the global model stays
         row["skipped"] = 1
     elif not finite_flags([result.arrays])[0]:
@@ -294,10 +325,7 @@ def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.
                 client_states=grid.client_states() if hasattr(grid, "client_states") else None,
             ))
     if all(r.get("skipped") for r in results.rows):
-        failures = sum(int(r.get("num_failures") or 0) for r in results.rows)
-        raise RunFailed(f"every round failed: no round had min-replies={config.min_replies} usable replies "
-                        f"({failures} failed or non-finite replies in {len(results.rows)} rounds; lr={config.lr:g}); "
-                        "the model was never updated, so no final model is written")
+        raise RunFailed(every_round_failed(config, len(results.rows), state.failures))
     load_tensors(model, state.arrays)
     results.save_model(model)
     results.plot_accuracy()

@@ -209,7 +209,7 @@ PUBLIC = {
     "clients.moon": ["moon_contrastive_loss", "STATE_KEY"],
     "clients.fedpan": ["pan_encoding", "apply_pan", "add_position_encoding"],
     "fedsign.data": ["dirichlet_partition", "load_dataset", "check_data_source", "DATASETS", "DataSourceError"],
-    "fedsign.data.partition": ["dirichlet_partition", "partition_counts", "write_partition_report"],
+    "fedsign.data.partition": ["dirichlet_partition", "partition_counts", "partition_report"],
     "fedsign.models": ["build_model", "check_model_input", "MODEL_NAMES"],
     "fedsign.landscape": [
         "BN_POLICIES", "COMMON_NOISES", "DIRECTION_SETS", "DirectionError", "EvalData", "Evaluation", "GROUP_NAMES",

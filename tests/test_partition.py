@@ -1,10 +1,11 @@
 """Dirichlet client partitions and the partition report."""
 import csv
+import io
 
 import numpy as np
 import pytest
 
-from fedsign.data import dirichlet_partition, partition_counts, write_partition_report
+from fedsign.data import dirichlet_partition, partition_counts, partition_report
 
 STYLES = ["per-class", "per-client"]
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 300))  # 3,000 samples, balanced
@@ -91,15 +92,14 @@ def test_bad_labels_and_impossible_min_size_raise():
         dirichlet_partition(np.repeat(np.arange(10), 10), 10, 0.01, seed=0, min_size=10, max_tries=200)
 
 
-def test_counts_and_report(tmp_path):
+def test_counts_and_report():
     parts = dirichlet_partition(LABELS, 6, 0.5, seed=2)
     counts = partition_counts(LABELS, parts, 10)
     assert counts.shape == (6, 10)
     np.testing.assert_array_equal(counts.sum(1), [len(p) for p in parts])
     np.testing.assert_array_equal(counts.sum(0), np.bincount(LABELS))
-    csv_path, png_path = write_partition_report(tmp_path / "rep", LABELS, parts, 10)
-    with open(csv_path) as f:
-        rows = list(csv.reader(f))
+    report = partition_report(LABELS, parts, 10)
+    rows = list(csv.reader(io.StringIO(report["partition_counts.csv"].decode())))
     assert rows[0] == ["client"] + [f"class_{c}" for c in range(10)] + ["total"]
     assert [[int(v) for v in r] for r in rows[1:]] == [[i, *counts[i], counts[i].sum()] for i in range(6)]
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 5000
+    assert report["partition.png"][:8] == b"\x89PNG\r\n\x1a\n" and len(report["partition.png"]) > 5000

@@ -152,7 +152,7 @@ def test_lock_is_released_when_the_writer_is_killed(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from fedsign.results import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "from fedsign.results import RunLock; RunLock(Path(sys.argv[1])).acquire().stamp(); "
                                "print('held', flush=True); time.sleep(60)", str(out)],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
@@ -385,3 +385,281 @@ def test_marker_and_summary_of_a_finished_run(finished):
     summary = json.loads((finished / "summary.json").read_text(), parse_constant=_reject)
     assert summary["status"] == "finished" and summary["rounds"] == 2
     assert (finished / MARKER_NAME).is_file() and load_checkpoint(finished).round == 2
+
+
+# ---------------------------------------------------------------- second pass (issue 26)
+RUN_FILES_LINKED = [LOCK_NAME, MARKER_NAME, "metrics.csv", CHECKPOINT_NAME, "model.safetensors", "accuracy.png",
+                    "partition.png", "summary.json"]
+
+
+@pytest.mark.parametrize("name", RUN_FILES_LINKED)
+def test_symlink_in_a_run_folder_is_refused_and_its_target_kept(name, finished, tmp_path, capfd):
+    out = copy_run(finished, tmp_path / "run")
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"precious data\n")
+    (out / name).unlink()
+    (out / name).symlink_to(precious)
+    refused(["run", "--quiet", "-c", f"{RUN} out-dir='{out}' resume=true"], capfd, out, f"symlink {name}")
+    assert precious.read_bytes() == b"precious data\n" and (out / name).is_symlink()
+
+
+def test_lock_file_and_atomic_write_never_follow_a_symlink(tmp_path):
+    from fedsign.results import OutDirError, atomic_write
+
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"precious data\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(precious)
+    with pytest.raises(OutDirError, match="is a symlink"):
+        RunLock(out).acquire()
+    (out / "metrics.csv").symlink_to(precious)
+    atomic_write(out / "metrics.csv", "round\n")  # replaces the link, not its target
+    assert not (out / "metrics.csv").is_symlink() and precious.read_bytes() == b"precious data\n"
+
+
+def test_refused_resume_leaves_the_lock_file_byte_identical(finished, tmp_path, capfd):
+    out = copy_run(finished, tmp_path / "run")
+    (out / LOCK_NAME).write_text("4242\n")
+    checkpoint = load_checkpoint(out)
+    (out / CHECKPOINT_NAME).write_bytes(encode(replace(checkpoint, strategy={"rng": [1, 2]})))
+    refused(["run", "--quiet", "-c", f"{RUN} out-dir='{out}' resume=true"], capfd, out, "strategy state")
+    assert (out / LOCK_NAME).read_text() == "4242\n"
+
+
+def _tampered(checkpoint, case: str):
+    first = next(iter(checkpoint.arrays))
+    if case == "nan model":
+        return replace(checkpoint, arrays={k: np.full_like(v, np.nan) for k, v in checkpoint.arrays.items()})
+    if case == "inf in one array":
+        return replace(checkpoint, arrays={**checkpoint.arrays, first: np.full_like(checkpoint.arrays[first], np.inf)})
+    if case == "round past num-rounds":
+        return replace(checkpoint, round=50, rows=[{**checkpoint.rows[0], "round": r} for r in range(1, 51)])
+    rows = [dict(r) for r in checkpoint.rows]
+    if case == "newline in a value":
+        rows[1]["accuracy"] = "0.5\n999,evil"
+    elif case == "formula cell":
+        rows[0]["loss"] = "=cmd|' /C calc'!A0"
+    elif case == "comma in a column":
+        rows[0]["a,b"] = 1.0
+    elif case == "rounds out of order":
+        rows[0]["round"], rows[1]["round"] = 2, 1
+    return replace(checkpoint, rows=rows)
+
+
+CONTENT_CASES = {"nan model": "NaN or Inf", "inf in one array": "NaN or Inf",
+                 "round past num-rounds": "round 50 of a 2-round config", "newline in a value": "not a number",
+                 "formula cell": "not a number", "comma in a column": "not a plain name",
+                 "rounds out of order": "row 1 is not round 1"}
+
+
+@pytest.mark.parametrize("case", list(CONTENT_CASES))
+def test_checkpoint_content_is_checked_before_anything_is_written(case, finished, tmp_path, capfd):
+    out = copy_run(finished, tmp_path / "run")
+    (out / CHECKPOINT_NAME).write_bytes(encode(_tampered(load_checkpoint(out), case)))
+    refused(["run", "--quiet", "-c", f"{RUN} out-dir='{out}' resume=true"], capfd, out, CONTENT_CASES[case])
+    assert read_marker(out)["status"] == "finished"
+
+
+def test_moon_client_state_of_the_wrong_shape_is_refused(tmp_path, capfd):
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    out = tmp_path / "moon"
+    config = conf(f"strategy='moon' out-dir='{out}'")
+    assert main(["run", "--quiet", "-c", config]) == 0
+    assert main(["run", "--quiet", "-c", f"{config} resume=true"]) == 0  # an untouched one resumes
+    checkpoint = load_checkpoint(out)
+    states = dict(checkpoint.client_states)
+    record_name, record = next(iter(states[1].array_records.items()))
+    name = next(iter(record))
+    broken = ArrayRecord({k: Array(np.zeros(7, np.float32)) if k == name else a for k, a in record.items()})
+    states[1] = RecordDict({**states[1], record_name: broken})
+    (out / CHECKPOINT_NAME).write_bytes(encode(replace(checkpoint, client_states=states)))
+    capfd.readouterr()
+    refused(["run", "--quiet", "-c", f"{config} resume=true"], capfd, out, f"holds '{name}' [7]")
+
+
+def _fail_writes(monkeypatch, code: int, after_rounds: int, only: str = "") -> None:
+    """Once metrics.csv was written ``after_rounds`` times, every results write whose file name contains
+    ``only`` fails with OSError(``code``), as on a full disk or a folder made read-only mid-run."""
+    import tempfile
+
+    real = tempfile.mkstemp
+    metrics_writes = [0]
+
+    def mkstemp(*args, prefix="", **kwargs):
+        if metrics_writes[0] >= after_rounds and only in prefix:
+            raise OSError(code, os.strerror(code))
+        metrics_writes[0] += prefix.startswith(".metrics.csv.")
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def _one_error(capfd) -> str:
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_disk_full_mid_run_is_one_line_and_resume_finishes(tmp_path, capfd, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    config = conf(f"num-rounds=3 out-dir='{out}'")
+    _fail_writes(monkeypatch, errno.ENOSPC, after_rounds=2, only=CHECKPOINT_NAME)
+    assert main(["run", "--quiet", "-c", config]) == 1
+    line = _one_error(capfd)
+    assert f"cannot write {out / CHECKPOINT_NAME} (No space left on device, ENOSPC)" in line, line
+    assert read_marker(out)["status"] == "failed" and load_checkpoint(out).round == 1
+    monkeypatch.undo()
+    assert main(["run", "--quiet", "-c", f"{config} resume=true"]) == 0
+    assert read_marker(out)["status"] == "finished" and load_checkpoint(out).round == 3
+
+
+@pytest.mark.parametrize("code", ["EROFS", "EPERM"])
+def test_out_dir_made_read_only_or_immutable_mid_run(code, tmp_path, capfd, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    config = conf(f"num-rounds=3 out-dir='{out}'")
+    _fail_writes(monkeypatch, getattr(errno, code), after_rounds=2)  # from round 2 on nothing is written
+    assert main(["run", "--quiet", "-c", config]) == 1
+    assert f"{code}); free space or make {out} writable" in _one_error(capfd)
+    marker = read_marker(out)  # could not be updated: "running", with the lock free (docs/results-folder.md)
+    assert marker["status"] == "running" and load_checkpoint(out).round == 1
+    RunLock.check_free(out)
+    monkeypatch.undo()
+    assert main(["run", "--quiet", "-c", f"{config} resume=true"]) == 0
+    assert read_marker(out)["status"] == "finished"
+
+
+def test_file_size_limit_is_one_line(tmp_path):
+    import resource
+
+    out = tmp_path / "run"
+    limit = 64 << 10  # every small file fits, the checkpoint (~1 MB) does not
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "fedsign.cli", "run", "--quiet", "-c", f"{RUN} out-dir='{out}'"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          preexec_fn=small_files, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "File too large, EFBIG" in lines[0], proc.stderr
+    assert read_marker(out)["status"] == "failed" and not (out / CHECKPOINT_NAME).exists()
+    assert main(["run", "--quiet", "-c", f"{RUN} out-dir='{out}' resume=true"]) == 0
+
+
+def test_sigterm_marks_the_run_interrupted(tmp_path):
+    out = tmp_path / "run"
+    config = RUN.replace("num-rounds=2", "num-rounds=30").replace("local-epochs=1", "local-epochs=2")
+    proc = subprocess.Popen([sys.executable, "-m", "fedsign.cli", "run", "--quiet", "-c", f"{config} out-dir='{out}'"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 240
+    while not ((out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: interrupted: stopped by SIGTERM after"), lines
+    marker = read_marker(out)
+    assert marker["status"] == "interrupted" and "SIGTERM" in marker["reason"]
+
+
+# ------------------------------------------------------------- hints and silent no-ops
+@pytest.mark.parametrize("overrides, expected", [
+    ("weight-decay=inf", "weight-decay must be a finite number, got inf"),
+    ("strategy='fedsign' fedsign-gamma=inf", "fedsign-gamma must be a finite number, got inf"),
+    ("lr=inf", "lr must be a finite number"),
+    ("fail-partitions='1:raise 1:nan@2'", "overlaps another entry for partition 1"),
+    ("fail-partitions='0:nan@2 0:raise@2'", "overlaps another entry for partition 0"),
+    ("fail-partitions='1:hang@99'", "'1:hang@99' never fires: the run has num-rounds=2"),
+    ("fail-partitions='\uff11:raise'", "is not PARTITION:MODE"),
+])
+def test_values_refused_with_the_right_hint(overrides, expected, tmp_path, capfd):
+    refused(["validate", "-c", conf(f"{overrides} out-dir='{tmp_path}/run'")], capfd, tmp_path, expected)
+
+
+def test_every_round_timing_out_names_round_timeout(tmp_path, capfd):
+    out = tmp_path / "run"
+    assert main(["run", "--quiet", "-c", conf(f"round-timeout=1e-6 out-dir='{out}'")]) == 1
+    line = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("error")]
+    assert len(line) == 1 and "(4 failed replies in 2 rounds: 4 timeout); no reply within round-timeout=1e-06 s" in line[0], line
+    assert "raise round-timeout" in line[0] and "lower lr" not in line[0]
+
+
+def test_superlink_on_an_address_of_another_machine_is_named(tmp_path, capfd, monkeypatch):
+    import socket
+
+    def no_traffic(*args, **kwargs):
+        raise AssertionError(f"tried to connect: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", no_traffic)
+    refused(["federation", "superlink", "--dir", str(tmp_path / "fed"), "--host", "203.0.113.7"], capfd, tmp_path,
+            "--host 203.0.113.7 is not an address of this machine (Cannot assign requested address)")
+
+
+def test_supernode_with_no_partitions_is_refused(tmp_path, capfd):
+    refused(["federation", "supernode", "--dir", str(tmp_path / "fed"), "--num-partitions", "0"], capfd, tmp_path,
+            "--num-partitions must be at least 1")
+
+
+@pytest.mark.parametrize("name", ["../../x", "{tmp}/absolute-key", ".hidden", "a/b"])
+def test_key_names_stay_inside_keys(name, tmp_path, capfd):
+    work = tmp_path / "work"
+    work.mkdir()
+    name = name.format(tmp=tmp_path)
+    refused(["federation", "keys", "--dir", str(work / "fed"), "--name", name], capfd, tmp_path, "not a plain file name")
+    assert not (tmp_path / "absolute-key").exists()
+
+
+def test_landscape_curves_keeps_a_users_record(finished, tmp_path, capfd):
+    mine = tmp_path / "analysis"
+    mine.mkdir()
+    (mine / "valleys.json").write_text('{"my": "numbers"}\n')
+    refused(["landscape", "curves", str(finished), "--out", str(mine), "--points", "3", "--scales", "1",
+             "--directions", "gaussian", "--device", "cpu"], capfd, mine, "no fedsign landscape command wrote")
+
+
+def _huge_png(side: int) -> bytes:
+    """A valid grayscale PNG of side x side zero pixels, compressed to a few tens of KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0 + the row's pixels
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_oversized_image_in_a_cifar_tarball_is_refused_undecoded(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from fedsign.data import CIFAR10_CLASSES
+
+    big, small = _huge_png(9000), _image_bytes()
+    assert len(big) < 200 << 10
+    tar_path = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for cls in CIFAR10_CLASSES:
+                image = big if (split, cls) == ("train", "airplane") else small
+                info = tarfile.TarInfo(f"{split}/{cls}/0.png")
+                info.size = len(image)
+                tar.addfile(info, io.BytesIO(image))
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    with pytest.raises(DataSourceError, match="is 9000x9000, expected 32x32"):
+        load_dataset("cifar10", tar_path, cache_dir=tmp_path / "cache")
+    assert (9000, 9000) not in decoded

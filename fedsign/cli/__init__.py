@@ -20,7 +20,7 @@ from fedsign.config import ConfigError
 from fedsign.data import DataSourceError
 from fedsign.deploy import DeployError
 from fedsign.cli.landscape import add_landscape_parser
-from fedsign.results import OutDirError, RunFailed, RunInterrupted
+from fedsign.results import OutDirError, ResultsWriteError, RunFailed, RunInterrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 2 bad input (nothing written), 1 the run diverged, 130 interrupted."""
+    """Exit status: 0 done, 2 bad input (nothing written), 1 the run diverged or a results file could
+    not be written, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DataSourceError, OutDirError, CLIError, DeployError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RunFailed as err:
+    except (RunFailed, ResultsWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(f"error: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_status", 130)
 
 
 def exit_now(status: int) -> None:

@@ -11,6 +11,7 @@ Every command reports a process "up" only once it checked it (see docs/deploymen
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from fedsign.deploy.processes import LOOPBACK, free_port
 from fedsign.results import RunInterrupted, RunResults, check_outcome, read_metrics
 
 DEFAULT_DIR = ".federation"
+KEY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a file name in keys/, never a path
 __all__ = ["Federation", "add_federation_parser", "free_port", "make_certificates", "make_node_key",
            "write_connection"]
 
@@ -76,6 +78,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     fed = _federation(args)
     names = args.name or [f"supernode-{k}" for k in range(args.num_nodes)]
+    bad = [n for n in names if not KEY_NAME.fullmatch(n)]
+    if bad:
+        raise CLIError(f"--name {bad[0]!r} is not a plain file name (letters, digits, '.', '_', '-'; no '/', "
+                       f"not starting with '.'): keys are written into {fed.keys}")
     taken = [n for n in names if (fed.keys / n).exists()]
     if taken:
         raise CLIError(f"{fed.keys / taken[0]} already exists; remove it or pick another --name")
@@ -104,6 +110,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_supernode(args: argparse.Namespace) -> int:
     fed = _federation(args)
+    if args.num_partitions < 1:
+        raise CLIError(f"--num-partitions must be at least 1 (the runs' num-clients), got {args.num_partitions}")
     ids = args.partition_id or list(range(args.num_partitions))
     bad = [p for p in ids if not 0 <= p < args.num_partitions]
     if bad:

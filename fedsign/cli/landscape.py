@@ -211,13 +211,34 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 
 def _out_dir(args: argparse.Namespace, run_path: str | Path | None) -> Path:
-    """``--out``, else ``<run dir>/landscape`` (``<weights folder>/landscape`` with ``--model``)."""
+    """``--out``, else ``<run dir>/landscape`` (``<weights folder>/landscape`` with ``--model``);
+    CLIError if it holds a ``<--name>.json`` or ``.npz`` that no ``fedsign landscape`` command wrote."""
     if args.out:
-        return Path(args.out)
-    if not run_path and not getattr(args, "weights", ""):
+        out = Path(args.out)
+    elif not run_path and not getattr(args, "weights", ""):
         raise CLIError("--model without a weights file: give --out")
-    path = Path(run_path or args.weights)
-    return (path.parent if path.is_file() else path) / "landscape"
+    else:
+        path = Path(run_path or args.weights)
+        out = (path.parent if path.is_file() else path) / "landscape"
+    name = getattr(args, "name", None)
+    record, arrays = out / f"{name}.json", out / f"{name}.npz"
+    if name and (not _ours(record) or arrays.exists() and not record.exists()):
+        raise CLIError(f"{out} holds a {name}.json or {name}.npz that no fedsign landscape command wrote; "
+                       "pick another --out or --name")
+    return out
+
+
+def _ours(record: Path) -> bool:
+    """Whether ``record`` is absent or a record of a ``fedsign landscape`` command (its config says so)."""
+    if record.is_symlink():
+        return False
+    if not record.exists():
+        return True
+    try:
+        config = json.loads(record.read_text()).get("config")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return isinstance(config, dict) and config.get("command") == "landscape"
 
 
 def _floats(text: str) -> list[float]:
@@ -360,6 +381,7 @@ def analysis_target(args: argparse.Namespace) -> tuple[torch.device, LoadedRun, 
 def cmd_curves(args: argparse.Namespace) -> int:
     """Figs. 3, 5-7, 9: valleys along named directions for several scales."""
     device, run, data, names = analysis_target(args)
+    out = _out_dir(args, args.run)  # before the work: a foreign record there is refused now
     rows = _direction_rows(args.directions)
     theta = {n: run.params[n] for n in names}
     directions = make_directions([d for row in rows for d in row], theta, args.seed, normalization=args.norm,
@@ -368,7 +390,6 @@ def cmd_curves(args: argparse.Namespace) -> int:
                            lambdas=lambda_grid(args.points), buffers=run.buffers, **_evaluation(args, device))
     record = {"seed": args.seed, "config": _config(args), "run": str(run.run_dir), "group": args.group,
               "parameters": names, "normalization": args.norm, **record}
-    out = _out_dir(args, args.run)
     paths = write_record(out, args.name, record, curve_arrays(record))
     for metric in ("error", "loss"):
         paths.append(plots.plot_valleys(record, rows, out / f"{args.name}_{metric}.png", metric, _title(run, args)))

@@ -19,14 +19,15 @@ from fedsign.config import refuse_crash_faults
 from fedsign.deploy.federation import flower_env
 from fedsign.deploy.processes import pids_with_cmdline, stop
 from fedsign.engines import run_inprocess
-from fedsign.results import RunResults, check_outcome
+from fedsign.results import RunResults, check_outcome, sigterm_interrupts
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.run_config)
     if not args.verbose:  # Flower's per-round INFO lines would break the progress bar
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_inprocess(config, progress=not args.quiet)
+    with sigterm_interrupts():  # a SIGTERM ends the run as Ctrl-C does: marked interrupted
+        run_inprocess(config, progress=not args.quiet)
     return 0
 
 

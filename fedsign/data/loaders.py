@@ -11,7 +11,8 @@ Accepted sources (``data_dir``; a relative default dir is taken from the project
   cinic10  ImageFolder data_dir/{train,test}/<class>/*; the ``valid`` split is not used.
   cifar100 ``cifar-100-python/{train,test}`` pickles (data_dir is that folder or its parent); fine labels.
   svhn     train_32x32.mat and test_32x32.mat (``extra`` is not used); label 10 means digit 0.
-Image-folder and tarball images (PNG or JPEG, already 32x32) are ordered by (class, file name).
+Image-folder and tarball images (PNG or JPEG, already 32x32) are ordered by (class, file name); an
+image of another size is refused from its header, before it is decoded.
 """
 from __future__ import annotations
 
@@ -148,12 +149,13 @@ def _decode_images(items: list[tuple[str, bytes | Path]], size: int) -> np.ndarr
     for i, (name, payload) in enumerate(items):
         try:
             with Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload) as im:
-                a = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+                width, height = im.size  # from the header: an image of the wrong size is refused undecoded
+                if (width, height) == (size, size):
+                    out[i] = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for unreadable images
             raise ValueError(f"cannot decode image {name}: {e}") from e
-        if a.shape != out.shape[1:]:
-            raise ValueError(f"image {name} is {a.shape[1]}x{a.shape[0]}, expected {size}x{size}")
-        out[i] = a
+        if (width, height) != (size, size):
+            raise ValueError(f"image {name} is {width}x{height}, expected {size}x{size}")
     return out.transpose(0, 3, 1, 2)
 
 

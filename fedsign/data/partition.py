@@ -11,7 +11,7 @@ Styles (both resample everything until each client holds >= min_size samples):
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 
 import numpy as np
 
@@ -87,24 +87,21 @@ def partition_counts(labels, partitions: list[np.ndarray], num_classes: int) -> 
     return np.stack([np.bincount(y[p], minlength=num_classes)[:num_classes] for p in partitions])
 
 
-def write_partition_report(out_dir, labels, partitions: list[np.ndarray], num_classes: int) -> tuple[Path, Path]:
-    """Write ``partition_counts.csv`` (client, class_0.., total) and ``partition.png`` (stacked horizontal
-    bars of each client's class counts) into ``out_dir``; return both paths."""
+def partition_report(labels, partitions: list[np.ndarray], num_classes: int) -> dict[str, bytes]:
+    """The contents of ``partition_counts.csv`` (client, class_0.., total) and ``partition.png`` (stacked
+    horizontal bars of each client's class counts), by file name; the caller writes them."""
     from matplotlib import colormaps
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure  # no pyplot: nothing touches the global backend
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     counts = partition_counts(labels, partitions, num_classes)
-    csv_path, png_path = out / "partition_counts.csv", out / "partition.png"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["client"] + [f"class_{c}" for c in range(num_classes)] + ["total"])
-        for i, row in enumerate(counts):
-            w.writerow([i, *row.tolist(), int(row.sum())])
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["client"] + [f"class_{c}" for c in range(num_classes)] + ["total"])
+    for i, row in enumerate(counts):
+        w.writerow([i, *row.tolist(), int(row.sum())])
 
     k = len(partitions)
     cmap = colormaps["tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo"]
@@ -128,5 +125,6 @@ def write_partition_report(out_dir, labels, partitions: list[np.ndarray], num_cl
     if num_classes <= 20:
         ax.legend(handles=[Patch(color=colors[c], label=f"class {c}") for c in range(num_classes)],
                   loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
-    fig.savefig(png_path, dpi=100, bbox_inches="tight")
-    return csv_path, png_path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+    return {"partition_counts.csv": table.getvalue().encode(), "partition.png": png.getvalue()}

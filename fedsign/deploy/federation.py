@@ -154,10 +154,27 @@ def _log_size(log: Path) -> int:
     return log.stat().st_size if log.exists() else 0
 
 
+def check_local_address(host: str) -> None:
+    """DeployError unless ``host`` resolves to an address this machine can listen on (probed by binding
+    port 0 there, closed at once; nothing is sent)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise DeployError(f"--host {host} does not resolve ({err.strerror}); give an address of this machine, "
+                          "or 0.0.0.0 to listen on all") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise DeployError(f"--host {host} is not an address of this machine ({err.strerror}); give one of its "
+                              "addresses, or 0.0.0.0 to listen on all") from None
+
+
 def start_superlink(fed: Federation, host: str, port: int, auth: bool = True, timeout: float = 60.0) -> int:
     """flower-superlink with TLS (certs/) and, by default, SuperNode authentication. Returns once
     the process is alive, listens on ``port`` and completes a verified TLS handshake there;
     otherwise stops it and raises DeployError with Flower's reason."""
+    check_local_address(host)
     hint = "create it with `fedsign federation certs`"
     command = [_bin("flower-superlink"),
                "--ssl-ca-certfile", str(check_certificate(fed.ca_cert, "CA certificate", hint)),
