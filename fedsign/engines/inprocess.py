@@ -142,13 +142,15 @@ class InProcessGrid(Grid):
             raise NodeTimeout
 
         previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self._timeout)
-        try:
-            self._call(msg, context, reply)
+        try:  # the one-shot timer fires at most once, wherever the call is: the outer handler catches it
+            try:
+                signal.setitimer(signal.ITIMER_REAL, self._timeout)
+                self._call(msg, context, reply)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
         except NodeTimeout:
             reply.clear()  # no reply this round
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
     def _call_in_thread(self, msg: Message, context: Context, reply: list[Message]) -> None:
