@@ -433,6 +433,30 @@ def test_fedavg_equals_flowers_fedavg_and_the_plain_mean():
         assert not np.allclose(weighted[key].numpy(), mean)
 
 
+def test_an_aggregate_train_override_sets_the_rounds_model_and_metrics():
+    """A Flower user overrides ``aggregate_train``; the round loop's entry (``aggregate_round``) uses it."""
+    class Halving(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            halved = ArrayRecord({k: Array(a.numpy() / 2) for k, a in arrays.items()})
+            return halved, MetricRecord({**metrics, "halved": 1})
+
+    grid = InProcessGrid(fake_client_app(), 6, {})
+    arrays = initial_arrays()
+    results = {}
+    for cls in (FedAvg, Halving):
+        strategy = cls(fraction_train=0.5, min_train_nodes=3, min_available_nodes=6, seed=0)
+        strategy.set_node_order(sorted(grid.get_node_ids()))
+        replies = list(grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid)))
+        results[cls] = strategy.aggregate_round(1, replies)
+    plain, halved = results[FedAvg], results[Halving]
+    assert len(halved.usable) == len(plain.usable) == 3 and halved.dropped == [] and len(halved.client_arrays) == 3
+    assert halved.metrics["halved"] == 1 and "halved" not in plain.metrics
+    for key in arrays:
+        torch.testing.assert_close(halved.arrays[key], plain.arrays[key] / 2, rtol=0, atol=0)
+        assert not torch.equal(halved.arrays[key], plain.arrays[key])
+
+
 def test_integer_arrays_average_as_flower_and_numpy_do():
     """A Flower caller's ArrayRecord(model.state_dict()) carries int64 BN counters."""
     grid = InProcessGrid(fake_client_app(), 6, {})
