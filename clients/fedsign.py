@@ -23,7 +23,8 @@ inside a run the logged ratio is several times lower, benchmarks/README.md):
   paper's gammas (ratio <= 0.000416 at gamma = 0.01).
 
 The same term can be added to any other algorithm (run-config ``sign-gamma`` > 0), see
-:class:`WithSignTerm`.
+:class:`WithSignTerm`. The server is FedAvg's; Algorithm 1 averages with equal weights, which
+run-config ``weighted=false`` gives (the default, true, weights by ``num-examples``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
+from fedsign.algorithms import ALGORITHMS
 from fedsign.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedsign.config import ConfigError, RunConfig
 from fedsign.engines import InProcessGrid, run_inprocess
@@ -23,7 +24,6 @@ from fedsign.results import load_model_state, read_metrics
 from fedsign.server import make_strategy
 from fedsign.task import build_run_model, model_tensors
 from fedsign.tensors import to_array_record
-from strategies import STRATEGY_CLASSES
 
 SMALL = "dataset='digits' num-clients=4 clients-per-round=4 num-rounds=2 local-epochs=1 seed=5 device='cpu'"
 
@@ -58,7 +58,7 @@ def _replies(sent: list[Message], arrays: ArrayRecord, kinds: list[str]) -> list
     return replies
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_CLASSES))
+@pytest.mark.parametrize("strategy", sorted(ALGORITHMS))
 def test_every_strategy_drops_bad_replies_and_keeps_the_model_finite(strategy):
     kinds = ["good", "nan", "inf", "shape", "keys", "error", "good", "good"]
     config = config_for(f"strategy='{strategy}' num-clients={len(kinds)} clients-per-round={len(kinds)}")
