@@ -60,7 +60,8 @@ from fedsign.engines import run_inprocess  # noqa: E402
 from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
                                prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
-from fedsign.task import build_run_model, client_data, dataset, load_tensors, model_tensors  # noqa: E402
+from fedsign.data import loaded_dataset  # noqa: E402
+from fedsign.task import build_run_model, client_data, load_tensors, model_tensors  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -145,7 +146,7 @@ def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
     """Points per second of one valley line, vmapped and point by point (each after a 2-point warm-up),
     for a model without and with BN."""
     device = resolve_device(config.device)
-    data = dataset(config.dataset, config.data_dir)
+    data = loaded_dataset(config.dataset, config.data_dir)
     rows = []
     for model_name, bn in (("cnn", "stale"), ("resnet20", "recalibrate")):
         model = build_run_model(config.replace(model=model_name)).to(device)

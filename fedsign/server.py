@@ -26,11 +26,11 @@ from fedsign.algorithms import client_hyperparameters, get_algorithm
 from fedsign.checkpoint import (Checkpoint, CheckpointError, check_arrays, checkpoint_path, load_checkpoint,
                                 resume_point, save_checkpoint)
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, make_batch_transform, write_partition_report
+from fedsign.data import DATASETS, loaded_dataset, make_batch_transform, write_partition_report
 from fedsign.landscape.signs import sign_consistency
 from fedsign.models import parameter_groups
 from fedsign.results import RunFailed, RunInterrupted, RunResults
-from fedsign.task import (build_run_model, dataset, load_tensors, model_tensors, run_partitions, test_data,
+from fedsign.task import (build_run_model, load_tensors, model_tensors, run_partitions, test_data,
                           validation_data)
 from fedsign.tensors import Tensors, finite_flags
 from fedsign.training import evaluate, resolve_device
@@ -121,7 +121,7 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     RunInterrupted: Ctrl-C (the last checkpoint stays the resume point)."""
     device = resolve_device(config.device)
     spec = DATASETS[config.dataset]
-    labels = dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
+    labels = loaded_dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
     partitions = run_partitions(config)
     model = build_run_model(config).to(device)
     strategy = make_strategy(config)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from clients import ClientAlgorithm, make_client_algorithm
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, ImageData, client_partitions, loaded_dataset, train_split
+from fedsign.data import DATASETS, client_partitions, loaded_dataset, train_split
 from fedsign.models import build_model
 from fedsign.tensors import Tensors
 
@@ -42,11 +42,6 @@ def build_run_model(config: RunConfig, algorithm: ClientAlgorithm | None = None,
     return model
 
 
-def dataset(name: str, data_dir: str) -> ImageData:
-    """The decoded dataset, cached per process (``fedsign.data.loaded_dataset``)."""
-    return loaded_dataset(name, data_dir)
-
-
 def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """The run's (client pool, validation) indices into the train split (``fedsign.data.train_split``)."""
     return train_split(config.dataset, config.data_dir, config.train_samples, config.validation_fraction)
@@ -54,7 +49,7 @@ def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _on_device(name: str, data_dir: str, split: str, device: str) -> tuple[Tensor, Tensor]:
-    data = dataset(name, data_dir)
+    data = loaded_dataset(name, data_dir)
     x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
     return torch.as_tensor(x).to(device), torch.as_tensor(y).long().to(device)
 
