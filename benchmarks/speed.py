@@ -61,7 +61,8 @@ from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_direction
                                prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
 from fedsign.data import loaded_dataset  # noqa: E402
-from fedsign.task import build_run_model, client_data, load_tensors, model_tensors  # noqa: E402
+from fedsign.models import float_state  # noqa: E402
+from fedsign.task import build_run_model, client_data, load_tensors  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -77,7 +78,7 @@ def raw_round_seconds(config: RunConfig) -> float:
     """Median seconds per round (first round excluded) of the clients' local steps in a plain loop."""
     device = resolve_device(config.device)
     model = build_run_model(config).to(device)
-    start_arrays = model_tensors(model)
+    start_arrays = float_state(model)
     transform = make_batch_transform(DATASETS[config.dataset], train=True)
     settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
                              config.weight_decay, config.grad_clip)

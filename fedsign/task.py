@@ -108,13 +108,8 @@ def validation_data(config: RunConfig, device: torch.device) -> tuple[Tensor, Te
     return x[idx], y[idx]
 
 
-def model_tensors(model: nn.Module) -> Tensors:
-    """Copies of the model's floating-point state (parameters and BN statistics), on its device."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-
 def load_tensors(model: nn.Module, tensors: Tensors) -> None:
-    """Load what ``model_tensors`` returned (keys and shapes must match) into ``model``: the values
+    """Load what ``fedsign.models.float_state`` returned (keys and shapes must match) into ``model``: the values
     ``load_state_dict`` would copy, in one ``_foreach_copy_``."""
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
     if list(tensors) != list(targets):

@@ -33,7 +33,8 @@ from fedsign.landscape.activations import activation_confusion
 from fedsign.landscape.curves import interpolation, lambda_grid, ratio_sweep, valley_curves
 from fedsign.landscape.directions import DIRECTION_SETS, FILTER_1D, NORMALIZATIONS, DirectionError, make_directions
 from fedsign.landscape.evaluate import (BN_POLICIES, DataError, EvalData, Line, NonFiniteError, PolicyError,
-                                        evaluate_lines, has_batch_norm, prepare_data, split_state)
+                                        evaluate_lines, has_batch_norm, prepare_data, split_state,
+                                        subset_indices)
 from fedsign.landscape.groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
 from fedsign.landscape.hessian import trace_curve
 from fedsign.landscape.records import curve_arrays, write_record
@@ -269,10 +270,8 @@ def _print_written(paths) -> None:
 
 def _subset(x: Tensor, y: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
     """A seeded random subset of ``limit`` examples (all when ``limit`` is 0 or too large)."""
-    if 0 < limit < len(x):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        return x[idx], y[idx]
-    return x, y
+    idx = subset_indices(len(x), limit, torch.Generator().manual_seed(seed))
+    return x[idx], y[idx]
 
 
 def _direction_rows(spec: str) -> list[list[str]]:
