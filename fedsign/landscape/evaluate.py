@@ -45,19 +45,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedsign.training import BatchTransform
 
+from .errors import LandscapeError
+
 Params = dict[str, Tensor]
 BN_POLICIES = ("recalibrate", "stale", "none")
 
 
-class PolicyError(ValueError):
+class PolicyError(LandscapeError):
     """An unknown BN policy, or recalibration without recalibration data."""
 
 
-class DataError(ValueError):
+class DataError(LandscapeError):
     """Evaluation data of an unsupported kind or batch layout."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(LandscapeError):
     """A model (or direction) with NaN or infinite parameters."""
 
 
