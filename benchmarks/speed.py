@@ -60,7 +60,9 @@ from fedsign.engines import run_inprocess  # noqa: E402
 from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
                                prepare_data)
 from fedsign.results import read_metrics  # noqa: E402
-from fedsign.task import build_run_model, client_data, dataset, load_tensors, model_tensors  # noqa: E402
+from fedsign.data import loaded_dataset  # noqa: E402
+from fedsign.models import float_state  # noqa: E402
+from fedsign.task import build_run_model, client_data, load_tensors  # noqa: E402
 from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,7 +78,7 @@ def raw_round_seconds(config: RunConfig) -> float:
     """Median seconds per round (first round excluded) of the clients' local steps in a plain loop."""
     device = resolve_device(config.device)
     model = build_run_model(config).to(device)
-    start_arrays = model_tensors(model)
+    start_arrays = float_state(model)
     transform = make_batch_transform(DATASETS[config.dataset], train=True)
     settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
                              config.weight_decay, config.grad_clip)
@@ -145,7 +147,7 @@ def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
     """Points per second of one valley line, vmapped and point by point (each after a 2-point warm-up),
     for a model without and with BN."""
     device = resolve_device(config.device)
-    data = dataset(config.dataset, config.data_dir)
+    data = loaded_dataset(config.dataset, config.data_dir)
     rows = []
     for model_name, bn in (("cnn", "stale"), ("resnet20", "recalibrate")):
         model = build_run_model(config.replace(model=model_name)).to(device)

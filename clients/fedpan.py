@@ -36,20 +36,22 @@ def pan_encoding(num_units: int, period: float) -> Tensor:
 
 def apply_pan(h: Tensor, encoding: Tensor, op: str, amplitude: float) -> Tensor:
     """Encode ``h`` over dim 1: ``h * (1 + A*e)`` (``"mul"``) or ``h + A*e`` (``"add"``)."""
+    check_pan_op(op)
     e = amplitude * encoding.reshape((1, -1) + (1,) * (h.dim() - 2))
-    if op == "mul":
-        return h * (1 + e)
-    if op == "add":
-        return h + e
-    raise ValueError(f"unknown pan-op {op!r}; use one of {', '.join(PAN_OPS)}")
+    return h * (1 + e) if op == "mul" else h + e
+
+
+def check_pan_op(op: str) -> None:
+    """ValueError unless ``op`` is one of ``PAN_OPS``."""
+    if op not in PAN_OPS:
+        raise ValueError(f"unknown pan-op {op!r}; use one of {', '.join(PAN_OPS)}")
 
 
 class PositionEncoding:
     """Forward pre-hook that encodes a module's input with ``apply_pan``."""
 
     def __init__(self, op: str, amplitude: float, period: float) -> None:
-        if op not in PAN_OPS:
-            raise ValueError(f"unknown pan-op {op!r}; use one of {', '.join(PAN_OPS)}")
+        check_pan_op(op)  # at build time, before any training
         self.op, self.amplitude, self.period = op, amplitude, period
         self._encodings: dict[tuple, Tensor] = {}
 

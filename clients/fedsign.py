@@ -23,7 +23,8 @@ inside a run the logged ratio is several times lower, benchmarks/README.md):
   paper's gammas (ratio <= 0.000416 at gamma = 0.01).
 
 The same term can be added to any other algorithm (run-config ``sign-gamma`` > 0), see
-:class:`WithSignTerm`.
+:class:`WithSignTerm`. The server is FedAvg's; Algorithm 1 averages with equal weights, which
+run-config ``weighted=false`` gives (the default, true, weights by ``num-examples``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def sign_term(
     local: Mapping[str, Tensor], global_: Mapping[str, Tensor], gamma: float, reduction: str = "root4"
 ) -> Tensor:
     """-gamma * R(u) over the tensors of ``global_`` (R: one of ``SIGN_REDUCTIONS``, module docstring)."""
+    if reduction not in SIGN_REDUCTIONS:
+        raise ValueError(f"unknown sign-term reduction {reduction!r}; use one of {', '.join(SIGN_REDUCTIONS)}")
     scores = [sign_agreement_scores(local[k], g) for k, g in global_.items()]
     if reduction == "mean":
         return -gamma * sum(u.mean() for u in scores) / len(scores)
-    if reduction not in SIGN_REDUCTIONS:
-        raise ValueError(f"unknown sign-term reduction {reduction!r}; use one of {', '.join(SIGN_REDUCTIONS)}")
     total = sum(u.sum() for u in scores)
     numel = sum(u.numel() for u in scores)
     scale = {"sum": 1.0, "root4": numel ** -0.25, "sqrt": numel ** -0.5}[reduction]

@@ -42,6 +42,7 @@ from torch.func import functional_call
 
 from clients.base import ClientAlgorithm, ClientRound
 from fedsign.config import RunConfig
+from fedsign.models import float_state
 from fedsign.training import derive_seed
 
 STATE_KEY = "moon-previous-model"
@@ -68,11 +69,6 @@ def frozen_features(model: nn.Module, tensors: dict[str, Tensor], x: Tensor) -> 
     finally:
         model.train(was_training)
     return features
-
-
-def float_state(model: nn.Module) -> dict[str, Tensor]:
-    """Detached copies of the model's floating-point parameters and buffers."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 class MOONClient(ClientAlgorithm):

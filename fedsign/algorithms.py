@@ -1,22 +1,22 @@
 """The algorithm registry: every algorithm declared once.
 
-An entry names the algorithm, its server strategy and client objective (``module:Class``,
-loaded on demand so this module imports nothing else of the project), its hyperparameters
-(run-config key, default, range, one-line doc), the grid Table 1 tunes it over and the
-model Table 1 reports. ``fedsign.config.RunConfig`` gets one field per hyperparameter, the
-pyproject defaults and the README key table are checked against it by tests, and
-``benchmarks/table1.py`` takes its methods and grids from here.
-
-Adding an algorithm: one file in ``strategies/`` (the server; a subclass of
-``strategies.FedAvg``), one in ``clients/`` (a subclass of ``clients.ClientAlgorithm``) and
-one ``Algorithm`` entry below.
+An algorithm is its client objective (``clients/<name>.py``, a subclass of
+``clients.ClientAlgorithm``), its typed options (a frozen dataclass below, one field per
+hyperparameter, declared with :func:`hyperparameter`) and one ``Algorithm`` line in
+``ALGORITHMS``; a server strategy file (a subclass of ``strategies.FedAvg``) only when the server
+differs from FedAvg's, else the entry's strategy defaults to ``strategies.FedAvg``. Classes are
+named as ``module:Class`` and loaded on demand, so this module imports nothing else of the
+project (and no torch). ``fedsign.config.RunConfig`` inherits every option field through
+:class:`AlgorithmOptions` (a test checks that it lists every entry's options); tests check the
+pyproject defaults and the README tables against it; ``benchmarks/table1.py`` takes its methods
+and grids from here.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Scalar = bool | int | float | str
@@ -60,11 +60,15 @@ class Algorithm:
 
     name: str  # the run-config value of ``strategy``
     label: str  # as tables print it
-    strategy: str  # "module:Class" of the server strategy
     client: str  # "module:Class" of the client objective
-    hyperparameters: tuple[Hyperparameter, ...] = ()
+    options: type | None = None  # the frozen dataclass of its hyperparameters (fields made by ``hyperparameter``)
+    strategy: str = "strategies.fedavg:FedAvg"  # "module:Class" of the server strategy
     tuning: tuple[str, tuple[float, ...]] | None = None  # (key, grid) Table 1 selects from
     reported_model: str = ""  # metrics.csv prefix of the model Table 1 reports ("": the global model)
+
+    @property
+    def hyperparameters(self) -> tuple[Hyperparameter, ...]:
+        return () if self.options is None else options_hyperparameters(self.options)
 
     def strategy_class(self) -> type:
         return _load(self.strategy)
@@ -78,49 +82,86 @@ def _load(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def hyperparameter(default: Scalar, doc: str, **limits: Any) -> Any:
+    """An options-dataclass field: its default (whose type the key takes), what it does, and
+    ``choices`` / ``minimum`` / ``maximum`` (``open_minimum``, ``open_maximum``) as in :class:`Hyperparameter`."""
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+def options_hyperparameters(options: type) -> tuple[Hyperparameter, ...]:
+    """The hyperparameters an options dataclass declares, in field order."""
+    return tuple(Hyperparameter(f.name.replace("_", "-"), f.default, **f.metadata) for f in fields(options))
+
+
 SIGN_REDUCTIONS = ("root4", "sum", "sqrt", "mean")  # clients.fedsign's docstring gives each one's gradient
 PAN_OPS = ("mul", "add")  # clients.fedpan
 MOON_FIRST_PREVIOUS = ("init", "random", "global", "none")  # clients.moon
-FEDSIGN_REDUCTION = Hyperparameter(
-    "fedsign-reduction", "root4", "how Eq. 1 reduces the per-weight reward (clients/fedsign.py)",
-    choices=SIGN_REDUCTIONS)
-# The FedSign term added to any other algorithm; its reduction is ``fedsign-reduction``.
-SIGN_GAMMA = Hyperparameter("sign-gamma", 0.0, "adds FedSign's term with this weight to any other strategy",
-                            minimum=0.0)
+
+
+@dataclass(frozen=True)
+class FedProxOptions:
+    proximal_mu: float = hyperparameter(0.01, "weight μ of the proximal term (μ/2)‖θ − θ_t‖²", minimum=0.0)
+
+
+@dataclass(frozen=True)
+class MOONOptions:
+    moon_mu: float = hyperparameter(5.0, "weight mu of the model-contrastive loss", minimum=0.0)
+    moon_temperature: float = hyperparameter(0.5, "temperature tau of the contrastive loss",
+                                             minimum=0.0, open_minimum=True)
+    moon_out_dim: int = hyperparameter(256, "output size of MOON's projection head", minimum=1)
+    moon_head: bool = hyperparameter(True, "add the projection head (false: headless MOON)")
+    moon_first_previous: str = hyperparameter(
+        "init", "a first-time client's stand-in for its previous model: θ⁰ (FedRepo), its own random init "
+        "(official MOON after round 1), the global model, or none: no contrastive term in its first round "
+        "(official MOON in round 1)", choices=MOON_FIRST_PREVIOUS)
+
+
+@dataclass(frozen=True)
+class FedDynOptions:
+    feddyn_alpha: float = hyperparameter(0.01, "FedDyn's regularization strength alpha",
+                                         minimum=0.0, open_minimum=True)
+    feddyn_adaptive_alpha: bool = hyperparameter(True, "client k uses alpha * mean(n) / n_k, as the official code")
+
+
+@dataclass(frozen=True)
+class FedPANOptions:
+    pan_op: str = hyperparameter("mul", "how the position encoding is applied", choices=PAN_OPS)
+    pan_amplitude: float = hyperparameter(0.1, "amplitude A of the position encoding", minimum=0.0)
+    pan_period: float = hyperparameter(4.0, "period T of the sinusoidal encoding", minimum=0.0, open_minimum=True)
+
+
+@dataclass(frozen=True)
+class FedSignOptions:
+    fedsign_gamma: float = hyperparameter(0.01, "weight gamma of Eq. 1's sign reward", minimum=0.0)
+    fedsign_reduction: str = hyperparameter("root4", "how Eq. 1 reduces the per-weight reward (clients/fedsign.py)",
+                                            choices=SIGN_REDUCTIONS)
+
+
+@dataclass(frozen=True)
+class SignTermOptions:
+    """The FedSign term added to any other algorithm; its reduction is ``fedsign-reduction``."""
+
+    sign_gamma: float = hyperparameter(0.0, "adds FedSign's term with this weight to any other strategy", minimum=0.0)
+
+
+# Bases in reverse: a dataclass lists the fields of its last base first, so RunConfig's keys follow the registry.
+@dataclass(frozen=True)
+class AlgorithmOptions(SignTermOptions, FedSignOptions, FedPANOptions, FedDynOptions, MOONOptions, FedProxOptions):
+    """Every algorithm's options: the hyperparameter fields ``fedsign.config.RunConfig`` inherits."""
+
+
+FEDSIGN_REDUCTION, SIGN_GAMMA = options_hyperparameters(FedSignOptions)[1], options_hyperparameters(SignTermOptions)[0]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    Algorithm("fedavg", "FedAvg", "strategies.fedavg:FedAvg", "clients.fedavg:FedAvgClient"),
-    Algorithm("fedprox", "FedProx", "strategies.fedprox:FedProx", "clients.fedprox:FedProxClient",
-              (Hyperparameter("proximal-mu", 0.01, "weight μ of the proximal term (μ/2)‖θ − θ_t‖²",
-                              minimum=0.0),),
+    Algorithm("fedavg", "FedAvg", "clients.fedavg:FedAvgClient"),
+    Algorithm("fedprox", "FedProx", "clients.fedprox:FedProxClient", FedProxOptions,
               tuning=("proximal-mu", (0.001, 0.01, 0.1))),
-    Algorithm("moon", "MOON", "strategies.moon:MOON", "clients.moon:MOONClient",
-              (Hyperparameter("moon-mu", 5.0, "weight mu of the model-contrastive loss", minimum=0.0),
-               Hyperparameter("moon-temperature", 0.5, "temperature tau of the contrastive loss",
-                              minimum=0.0, open_minimum=True),
-               Hyperparameter("moon-out-dim", 256, "output size of MOON's projection head", minimum=1),
-               Hyperparameter("moon-head", True, "add the projection head (false: headless MOON)"),
-               Hyperparameter("moon-first-previous", "init",
-                              "a first-time client's stand-in for its previous model: θ⁰ (FedRepo), "
-                              "its own random init (official MOON after round 1), the global model, or "
-                              "none: no contrastive term in its first round (official MOON in round 1)",
-                              choices=MOON_FIRST_PREVIOUS)),
-              tuning=("moon-mu", (0.1, 1.0, 5.0))),
-    Algorithm("feddyn", "FedDyn", "strategies.feddyn:FedDyn", "clients.feddyn:FedDynClient",
-              (Hyperparameter("feddyn-alpha", 0.01, "FedDyn's regularization strength alpha",
-                              minimum=0.0, open_minimum=True),
-               Hyperparameter("feddyn-adaptive-alpha", True,
-                              "client k uses alpha * mean(n) / n_k, as the official code")),
+    Algorithm("moon", "MOON", "clients.moon:MOONClient", MOONOptions, tuning=("moon-mu", (0.1, 1.0, 5.0))),
+    Algorithm("feddyn", "FedDyn", "clients.feddyn:FedDynClient", FedDynOptions, "strategies.feddyn:FedDyn",
               tuning=("feddyn-alpha", (0.001, 0.01, 0.1)), reported_model="participant_mean_"),
-    Algorithm("fedpan", "FedPAN", "strategies.fedpan:FedPAN", "clients.fedpan:FedPANClient",
-              (Hyperparameter("pan-op", "mul", "how the position encoding is applied", choices=PAN_OPS),
-               Hyperparameter("pan-amplitude", 0.1, "amplitude A of the position encoding", minimum=0.0),
-               Hyperparameter("pan-period", 4.0, "period T of the sinusoidal encoding",
-                              minimum=0.0, open_minimum=True)),
+    Algorithm("fedpan", "FedPAN", "clients.fedpan:FedPANClient", FedPANOptions,
               tuning=("pan-amplitude", (0.05, 0.1, 0.2))),
-    Algorithm("fedsign", "FedSign", "strategies.fedsign:FedSign", "clients.fedsign:FedSignClient",
-              (Hyperparameter("fedsign-gamma", 0.01, "weight gamma of Eq. 1's sign reward", minimum=0.0),
-               FEDSIGN_REDUCTION),
+    Algorithm("fedsign", "FedSign", "clients.fedsign:FedSignClient", FedSignOptions,
               tuning=("fedsign-gamma", (0.001, 0.01, 0.1))),
 )}
 

@@ -29,8 +29,8 @@ from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.results import atomic_write
-from fedsign.task import (CLIENT_MODELS, client_data, initial_model, load_tensors, mean_partition_size,
-                          model_tensors)
+from fedsign.models import float_state
+from fedsign.task import CLIENT_MODELS, client_data, initial_model, load_tensors, mean_partition_size
 from fedsign.tensors import DeviceRecordDict, pack, to_array_record, unpack
 from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
 
@@ -225,7 +225,7 @@ def finish_training(job: LocalTraining, stats: TrainStats) -> Message:
     metrics = {"num-examples": stats.num_examples, "train_loss": stats.train_loss, "ce_loss": stats.ce_loss, **extra}
     if stats.term_grad_ratio is not None:  # the median over the round's clients goes to metrics.csv
         metrics["term_grad_ratio"] = stats.term_grad_ratio
-    tensors = model_tensors(job.model)
+    tensors = float_state(job.model)
     if job.fault:
         tensors = corrupt_reply(job.fault, tensors)
     content = pack({"metrics": MetricRecord(metrics)}, "arrays", tensors,

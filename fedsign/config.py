@@ -2,9 +2,9 @@
 
 Keys are Flower's kebab-case run-config keys (``num-clients``); fields are their
 snake_case twins (``num_clients``). The platform's keys are declared here; every
-algorithm hyperparameter comes from the registry (``fedsign.algorithms``), one field each.
-Defaults are mirrored in ``pyproject.toml``'s ``[tool.flwr.app.config]`` (a test keeps the
-two equal).
+algorithm hyperparameter is a typed field of the registry's options dataclasses
+(``fedsign.algorithms.AlgorithmOptions``). Defaults are mirrored in ``pyproject.toml``'s
+``[tool.flwr.app.config]`` (a test keeps the two equal).
 Validation runs before any data loading, Ray start or training, and raises
 :class:`ConfigError` whose message is one line naming the key and the fix.
 """
@@ -17,14 +17,13 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS
+from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS, AlgorithmOptions
 from fedsign.tracking import absolute_store, tracking_problem
 
-STRATEGIES = tuple(ALGORITHMS)
 ENGINES = ("auto", "inprocess", "vectorized")
 INIT_CHOICES = ("auto", "fedrepo", "pytorch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -142,7 +141,7 @@ class PlatformConfig:
     # ------------------------------------------------------------ validation
     def validate(self) -> "RunConfig":
         """Check every value; raise ConfigError naming the key and the fix."""
-        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("strategy", self.strategy, tuple(ALGORITHMS))
         _one_of("engine", self.engine, ENGINES)
         _one_of("init", self.init, INIT_CHOICES)
         _one_of("device", self.device, DEVICES)
@@ -269,13 +268,10 @@ class PlatformConfig:
         return f"{self.strategy}-{self.dataset}-a{self.dirichlet_alpha:g}-s{self.seed}"
 
 
-RunConfig = make_dataclass(
-    "RunConfig",
-    [(h.field, type(h.default), field(default=h.default)) for h in HYPERPARAMETERS.values()],
-    bases=(PlatformConfig,), frozen=True,
-    namespace={"__module__": __name__, "__doc__": "Every run-config key: the platform's (PlatformConfig) and "
-                                                  "each registered algorithm's hyperparameters."},
-)
+@dataclass(frozen=True)
+class RunConfig(AlgorithmOptions, PlatformConfig):
+    """Every run-config key: the platform's (:class:`PlatformConfig`) and each registered algorithm's
+    hyperparameters (``fedsign.algorithms.AlgorithmOptions``), as typed fields."""
 
 
 def refuse_crash_faults(config: RunConfig, engine: str) -> None:

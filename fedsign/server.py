@@ -27,12 +27,12 @@ from fedsign.algorithms import client_hyperparameters, get_algorithm
 from fedsign.checkpoint import (Checkpoint, CheckpointError, check_arrays, checkpoint_path, load_checkpoint,
                                 resume_point, save_checkpoint)
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, make_batch_transform, partition_report
+from fedsign.data import DATASETS, loaded_dataset, make_batch_transform, partition_report
+from fedsign.landscape.groups import parameter_roles
 from fedsign.landscape.signs import sign_consistency
-from fedsign.models import parameter_groups
+from fedsign.models import float_state
 from fedsign.results import RunFailed, RunInterrupted, RunResults, Terminated
-from fedsign.task import (build_run_model, dataset, load_tensors, model_tensors, run_partitions, test_data,
-                          validation_data)
+from fedsign.task import build_run_model, load_tensors, run_partitions, test_data, validation_data
 from fedsign.tensors import Tensors, finite_flags
 from fedsign.training import evaluate, resolve_device
 from strategies import FedAvg
@@ -122,11 +122,11 @@ def run_server(grid: Grid, config: RunConfig, *, progress: bool = True) -> RunRe
     RunInterrupted: Ctrl-C (the last checkpoint stays the resume point)."""
     device = resolve_device(config.device)
     spec = DATASETS[config.dataset]
-    labels = dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
+    labels = loaded_dataset(config.dataset, config.data_dir).train_y  # unreadable data fails before any write
     partitions = run_partitions(config)
     model = build_run_model(config).to(device)
     strategy = make_strategy(config)
-    arrays = model_tensors(model)
+    arrays = float_state(model)
     results = RunResults.open_run(config.out_dir, resume=config.resume)
     try:
         checkpoint = resume_point(results.out_dir, config)  # so does a bad resume
@@ -299,7 +299,7 @@ def _rounds(grid: Grid, config: RunConfig, results: RunResults, model: torch.nn.
         splits["val"] = validation
     eval_transform = make_batch_transform(spec, train=False)
     strategy.set_node_order(discover_nodes(grid, config))
-    groups = parameter_groups(model)
+    groups = parameter_roles(model)
     state = restore(checkpoint, arrays, strategy, grid, results)
     bar = tqdm(range(state.first_round, config.num_rounds + 1), desc=config.strategy, unit="round",
                initial=state.first_round - 1, total=config.num_rounds, disable=not progress)

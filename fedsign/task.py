@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from clients import ClientAlgorithm, make_client_algorithm
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, ImageData, client_partitions, loaded_dataset, train_split
+from fedsign.data import DATASETS, client_partitions, loaded_dataset, train_split
 from fedsign.models import build_model
 from fedsign.tensors import Tensors
 
@@ -49,11 +49,6 @@ def initial_model(config: RunConfig, seed: int) -> nn.Module:
     return build_run_model(config, seed=seed)
 
 
-def dataset(name: str, data_dir: str) -> ImageData:
-    """The decoded dataset, cached per process (``fedsign.data.loaded_dataset``)."""
-    return loaded_dataset(name, data_dir)
-
-
 def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """The run's (client pool, validation) indices into the train split (``fedsign.data.train_split``)."""
     return train_split(config.dataset, config.data_dir, config.train_samples, config.validation_fraction)
@@ -61,7 +56,7 @@ def run_train_split(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _on_device(name: str, data_dir: str, split: str, device: str) -> tuple[Tensor, Tensor]:
-    data = dataset(name, data_dir)
+    data = loaded_dataset(name, data_dir)
     x, y = (data.train_x, data.train_y) if split == "train" else (data.test_x, data.test_y)
     return torch.as_tensor(x).to(device), torch.as_tensor(y).long().to(device)
 
@@ -120,13 +115,8 @@ def validation_data(config: RunConfig, device: torch.device) -> tuple[Tensor, Te
     return x[idx], y[idx]
 
 
-def model_tensors(model: nn.Module) -> Tensors:
-    """Copies of the model's floating-point state (parameters and BN statistics), on its device."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-
 def load_tensors(model: nn.Module, tensors: Tensors) -> None:
-    """Load what ``model_tensors`` returned (keys and shapes must match) into ``model``: the values
+    """Load what ``fedsign.models.float_state`` returned (keys and shapes must match) into ``model``: the values
     ``load_state_dict`` would copy, in one ``_foreach_copy_``."""
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
     if list(tensors) != list(targets):

@@ -1,13 +1,7 @@
-"""Server strategies on Flower's Message API, one module each (registered in ``fedsign.algorithms``)."""
+"""Server strategies on Flower's Message API: FedAvg (every algorithm's server unless its registry entry,
+``fedsign.algorithms``, names another) and the servers that differ from it, one module each."""
 
-from fedsign.algorithms import ALGORITHMS
 from strategies.fedavg import FedAvg
 from strategies.feddyn import FedDyn
-from strategies.fedpan import FedPAN
-from strategies.fedprox import FedProx
-from strategies.fedsign import FedSign
-from strategies.moon import MOON
 
-STRATEGY_CLASSES: dict[str, type[FedAvg]] = {name: a.strategy_class() for name, a in ALGORITHMS.items()}
-
-__all__ = ["FedAvg", "FedDyn", "FedPAN", "FedProx", "FedSign", "MOON", "STRATEGY_CLASSES"]
+__all__ = ["FedAvg", "FedDyn"]

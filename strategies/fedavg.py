@@ -18,6 +18,7 @@ function, so identical results for the same replies) and adds:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,14 @@ class RoundResult:
 
 class FedAvg(FlowerFedAvg):
     """Federated Averaging with seeded sampling and reply screening.
+
+    Hooks the server's round loop (``fedsign.server.train_round``) calls, each overridable:
+    Flower's ``configure_train`` (the global model arrives as a ``{name: tensor}`` dict or an
+    ArrayRecord; ``fedsign.tensors.as_tensors`` reads either) and ``aggregate_train`` (its returned
+    arrays and metrics become the round's, see ``aggregate_round``); ours: ``sample_train_nodes``,
+    ``screen_replies``, ``aggregate_arrays``, ``evaluation_extras``, ``options_from_config``,
+    ``state_dict`` / ``load_state_dict``. Flower's ``start``, ``configure_evaluate`` and
+    ``aggregate_evaluate`` are not called: the platform runs the loop and evaluates centrally.
 
     Parameters
     ----------
@@ -86,6 +95,7 @@ class FedAvg(FlowerFedAvg):
         self.rng = random.Random(seed)
         self.node_order: list[int] | None = None
         self.sent_arrays: Tensors | None = None
+        self._screened: RoundResult | None = None  # FedAvg.aggregate_train's last screening
 
     @classmethod
     def options_from_config(cls, config: Any) -> dict[str, Any]:
@@ -198,20 +208,39 @@ class FedAvg(FlowerFedAvg):
                 mean[key] = part if key not in mean else mean[key] + part
         return mean
 
-    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> "RoundResult":
-        """Screen and aggregate one round's replies: what the server's round loop needs."""
+    def screen_and_aggregate(self, server_round: int, replies: Iterable[Message]) -> RoundResult:
+        """Screen and aggregate one round's replies (``screen_replies``, then ``aggregate_arrays`` and
+        Flower's ``train_metrics_aggr_fn``)."""
         usable, models, dropped = self.screen_replies(replies)
         if not usable or len(usable) < self.min_replies:
             return RoundResult(None, None, usable, dropped, models)
         return RoundResult(self.aggregate_arrays(models, usable),
                            self.train_metrics_aggr_fn(usable, self.weighted_by_key), usable, dropped, models)
 
+    def aggregate_round(self, server_round: int, replies: Iterable[Message]) -> RoundResult:
+        """What the server's round loop calls. A subclass that overrides Flower's ``aggregate_train`` gets
+        it called: its arrays and metrics are the round's (screening counts come from FedAvg's
+        ``aggregate_train`` when the override calls it; else every reply without an error counts as used).
+        Otherwise ``screen_and_aggregate``, the same arithmetic without the ArrayRecord round trip."""
+        if type(self).aggregate_train is FedAvg.aggregate_train:
+            return self.screen_and_aggregate(server_round, replies)
+        replies = list(replies)
+        self._screened = None
+        arrays, metrics = self.aggregate_train(server_round, replies)
+        screened = self._screened or RoundResult(
+            None, None, [m.content for m in replies if not m.has_error()],
+            [f"client error: {m.error.reason}" for m in replies if m.has_error()], [])
+        device = next(iter(self.sent_arrays.values())).device if self.sent_arrays else None
+        return dataclasses.replace(screened, arrays=None if arrays is None else as_tensors(arrays, device),
+                                   metrics=metrics)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's interface: the aggregated arrays as an ArrayRecord and the metrics (None, None when
         fewer than ``min_replies`` replies are usable)."""
-        result = self.aggregate_round(server_round, replies)
+        result = self.screen_and_aggregate(server_round, replies)
+        self._screened = result
         return (None if result.arrays is None else to_array_record(result.arrays)), result.metrics
 
     # ------------------------------------------------------------ checkpoints

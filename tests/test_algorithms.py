@@ -11,19 +11,20 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from torch import nn
 
-from clients import CLIENT_ALGORITHMS, ClientRound, FedDynClient, MOONClient, WithSignTerm, make_client_algorithm
+from clients import ClientRound, FedDynClient, MOONClient, WithSignTerm, make_client_algorithm
 from clients.feddyn import STATE_KEY as FEDDYN_STATE, client_alpha, dyn_term
 from clients.fedpan import add_position_encoding, apply_pan, pan_encoding
 from clients.fedprox import proximal_term
 from clients.fedsign import sign_term
 from clients.moon import STATE_KEY as MOON_STATE, moon_contrastive_loss
-from fedsign.config import STRATEGIES, ConfigError, RunConfig
+from fedsign.algorithms import ALGORITHMS
+from fedsign.config import ConfigError, RunConfig
 from fedsign.engines import InProcessGrid
 from fedsign.models import build_model
 from fedsign.server import make_strategy
 from fedsign.task import build_run_model
 from fedsign.tensors import unpack
-from strategies import STRATEGY_CLASSES, FedAvg, FedDyn
+from strategies import FedAvg, FedDyn
 
 
 # ---- tiny model and helpers -------------------------------------------------------------
@@ -380,9 +381,8 @@ def test_pan_is_built_into_the_run_model_on_server_and_clients():
 
 
 # ---- server side -------------------------------------------------------------------------
-def test_every_strategy_has_a_server_and_a_client_class():
-    assert set(STRATEGY_CLASSES) == set(CLIENT_ALGORITHMS) == set(STRATEGIES)
-    for name in STRATEGIES:
+def test_every_strategy_builds_its_server_with_the_runs_sampling():
+    for name in ALGORITHMS:
         strategy = make_strategy(RunConfig(strategy=name, feddyn_alpha=0.3, clients_per_round=5))
         assert isinstance(strategy, FedAvg) and strategy.fraction_train == 0.5
     assert make_strategy(RunConfig(strategy="feddyn", feddyn_alpha=0.3)).alpha == 0.3
@@ -431,6 +431,30 @@ def test_fedavg_equals_flowers_fedavg_and_the_plain_mean():
         mean = np.mean([r.content["arrays"][key].numpy() for r in replies], axis=0)
         np.testing.assert_allclose(plain[key].numpy(), mean, rtol=1e-6)
         assert not np.allclose(weighted[key].numpy(), mean)
+
+
+def test_an_aggregate_train_override_sets_the_rounds_model_and_metrics():
+    """A Flower user overrides ``aggregate_train``; the round loop's entry (``aggregate_round``) uses it."""
+    class Halving(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            halved = ArrayRecord({k: Array(a.numpy() / 2) for k, a in arrays.items()})
+            return halved, MetricRecord({**metrics, "halved": 1})
+
+    grid = InProcessGrid(fake_client_app(), 6, {})
+    arrays = initial_arrays()
+    results = {}
+    for cls in (FedAvg, Halving):
+        strategy = cls(fraction_train=0.5, min_train_nodes=3, min_available_nodes=6, seed=0)
+        strategy.set_node_order(sorted(grid.get_node_ids()))
+        replies = list(grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid)))
+        results[cls] = strategy.aggregate_round(1, replies)
+    plain, halved = results[FedAvg], results[Halving]
+    assert len(halved.usable) == len(plain.usable) == 3 and halved.dropped == [] and len(halved.client_arrays) == 3
+    assert halved.metrics["halved"] == 1 and "halved" not in plain.metrics
+    for key in arrays:
+        torch.testing.assert_close(halved.arrays[key], plain.arrays[key] / 2, rtol=0, atol=0)
+        assert not torch.equal(halved.arrays[key], plain.arrays[key])
 
 
 def test_integer_arrays_average_as_flower_and_numpy_do():

@@ -32,7 +32,8 @@ from fedsign.deploy.federation import Federation
 from fedsign.deploy.processes import free_port
 from fedsign.engines import InProcessGrid
 from fedsign.results import load_model_state, read_metrics
-from fedsign.task import build_run_model, model_tensors
+from fedsign.models import float_state
+from fedsign.task import build_run_model
 from fedsign.tensors import to_array_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_client_state_on_disk_survives_a_supernode_restart(tmp_path, strategy):
             grid.contexts[1].node_config["state-dir"] = str(state_dir)
         return grid
 
-    start = to_array_record(model_tensors(build_run_model(config)))
+    start = to_array_record(float_state(build_run_model(config)))
     in_memory = supernode()  # reference: one node process for both rounds
     round1 = _train(in_memory, start, 1)
     second = ArrayRecord({k: Array((a.numpy() + round1[k].numpy()) / 2) for k, a in start.items()})  # a new global

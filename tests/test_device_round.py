@@ -12,7 +12,8 @@ from fedsign.config import RunConfig
 from fedsign.engines import InProcessGrid, VectorizedInProcessGrid
 from fedsign.results import load_model_state, read_metrics
 from fedsign.server import make_strategy, run_server
-from fedsign.task import CLIENT_MODELS, ClientModels, build_run_model, model_tensors
+from fedsign.models import float_state
+from fedsign.task import CLIENT_MODELS, ClientModels, build_run_model
 from fedsign.tensors import DeviceRecordDict, finite_flags, pack, to_array_record, unpack
 from clients import make_client_algorithm
 from fedsign.models import build_model
@@ -146,7 +147,7 @@ def test_models_by_reference_equal_models_as_array_records(tmp_path, strategy):
 
 def test_strategy_sends_by_reference_only_to_a_grid_in_this_process(tmp_path):
     config = config_for("strategy='fedavg'", tmp_path / "s")
-    tensors = model_tensors(build_run_model(config))
+    tensors = float_state(build_run_model(config))
     local = InProcessGrid(client_app, config.num_clients, config.to_dict())
     sent = list(make_strategy(config).configure_train(1, tensors, ConfigRecord(), local))
     assert all(isinstance(m.content, DeviceRecordDict) for m in sent)

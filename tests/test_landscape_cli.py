@@ -59,6 +59,21 @@ def test_fl_valleys_of_two_runs(fl_runs, tmp_path, capsys):
     assert rec["runs"][0]["valleys"]["curves"]["gauss"] != rec["runs"][1]["valleys"]["curves"]["gauss"]
 
 
+@pytest.mark.parametrize("command", ["bench", "hessian", "curves"])
+def test_every_direction_command_takes_the_init_direction(fl_runs, tmp_path, capsys, command):
+    """``init`` (θ0) needs the run's initialization: every command gets its directions from one helper."""
+    out = tmp_path / command
+    option = "--directions" if command == "curves" else "--direction"
+    extra = {"bench": ["--points", "2"], "hessian": ["--lambdas", "0,1", "--probes", "1", "--samples", "16"],
+             "curves": ["--points", "3", "--scales", "1"]}[command]
+    assert main(["landscape", command, str(fl_runs[0]), option, "init", "--out", str(out), *extra, *FAST]) == 0, \
+        capsys.readouterr().err
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["config"]["direction" if command != "curves" else "directions"] == "init"
+    if command == "bench":
+        assert set(record["modes"]) == {"vmap", "loop"} and record["modes"]["vmap"]["max_abs_diff_error"] < 1e-3
+
+
 def test_fl_needs_metrics(fl_runs, tmp_path, capsys):
     bare = tmp_path / "bare"
     shutil.copytree(fl_runs[0], bare)

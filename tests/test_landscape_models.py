@@ -200,7 +200,7 @@ def test_non_finite_models_are_refused_and_records_are_strict_json(loader, tmp_p
 
 
 def test_the_package_imports_nothing_of_the_fl_side():
-    """The landscape package (its CLI lives in fedsign/cli/landscape.py) imports no task, config, CLI,
+    """The landscape package (its CLI lives in fedsign/cli/landscape/) imports no task, config, CLI,
     clients or strategies."""
     import subprocess
     import sys

@@ -1,16 +1,20 @@
 """The algorithm registry is the one source of names and hyperparameters."""
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients import ClientAlgorithm
-from fedsign.algorithms import ALGORITHMS, HYPERPARAMETERS, client_hyperparameters, hyperparameter_table
+from fedsign.algorithms import (ALGORITHMS, HYPERPARAMETERS, Algorithm, AlgorithmOptions, client_hyperparameters,
+                                hyperparameter_table)
 from fedsign.client_app import received_config
 from fedsign.config import ConfigError, RunConfig
-from fedsign.engines import InProcessGrid
+from fedsign.engines import InProcessGrid, run_inprocess
+from fedsign.results import load_model_state
 from fedsign.server import make_strategy
 from strategies import FedAvg
 
@@ -26,6 +30,41 @@ def test_each_entry_names_its_strategy_and_client(name):
         assert getattr(RunConfig(), h.field) == h.default and type(getattr(RunConfig(), h.field)) is type(h.default)
     if entry.tuning is not None:
         assert entry.tuning[0] in {h.key for h in entry.hyperparameters}
+
+
+def test_run_config_declares_every_registered_option_as_a_typed_field():
+    """RunConfig's hyperparameter fields are written out (mypy and IDEs see ``config.proximal_mu: float``)."""
+    for entry in ALGORITHMS.values():
+        assert entry.options is None or issubclass(AlgorithmOptions, entry.options), entry.name
+    hints = typing.get_type_hints(RunConfig)
+    assert {h.field: type(h.default) for h in HYPERPARAMETERS.values()} == {
+        name: hints[name] for name in typing.get_type_hints(AlgorithmOptions)}
+    assert hash(RunConfig()) == hash(RunConfig()) and RunConfig(proximal_mu=0.5) != RunConfig()
+
+
+class ShrinkClient(ClientAlgorithm):
+    """A toy algorithm for the test below: cross-entropy plus 0.05 * ||theta||^2, no state."""
+
+    name = "shrink"
+    has_term = True
+
+    def loss_term(self, *, model, params, features, x, y, inputs, global_params, config):
+        return 0.05 * sum((p ** 2).sum() for p in params.values())
+
+
+def test_a_new_algorithm_is_its_client_class_and_one_registry_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(ALGORITHMS, "shrink", Algorithm("shrink", "Shrink", f"{__name__}:ShrinkClient"))
+    base = ("dataset='digits' num-clients=3 clients-per-round=3 num-rounds=2 local-epochs=1 train-samples=300 "
+            "engine='inprocess' device='cpu' seed=3")
+    models = {}
+    for strategy in ("fedavg", "shrink"):
+        config = RunConfig.from_overrides(f"{base} strategy='{strategy}' out-dir='{tmp_path / strategy}'").resolved()
+        assert type(make_strategy(config)) is FedAvg
+        results = run_inprocess(config, progress=False)
+        assert len(results.rows) == 2 and all(r["num_replies"] == 3 for r in results.rows)
+        models[strategy] = load_model_state(results.out_dir / "model.safetensors")
+    norm = {s: float(sum((t.float() ** 2).sum() for t in m.values())) for s, m in models.items()}
+    assert norm["shrink"] < 0.95 * norm["fedavg"], norm  # the term reached the clients' training
 
 
 @pytest.mark.parametrize("key", [k for k, h in HYPERPARAMETERS.items() if h.choices or h.minimum is not None])

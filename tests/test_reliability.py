@@ -15,15 +15,16 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
+from fedsign.algorithms import ALGORITHMS
 from fedsign.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedsign.config import ConfigError, RunConfig
 from fedsign.engines import InProcessGrid, run_inprocess
 from fedsign.faults import parse_fail_partitions
 from fedsign.results import load_model_state, read_metrics
 from fedsign.server import make_strategy
-from fedsign.task import build_run_model, model_tensors
+from fedsign.models import float_state
+from fedsign.task import build_run_model
 from fedsign.tensors import to_array_record
-from strategies import STRATEGY_CLASSES
 
 SMALL = "dataset='digits' num-clients=4 clients-per-round=4 num-rounds=2 local-epochs=1 seed=5 device='cpu'"
 
@@ -58,11 +59,11 @@ def _replies(sent: list[Message], arrays: ArrayRecord, kinds: list[str]) -> list
     return replies
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_CLASSES))
+@pytest.mark.parametrize("strategy", sorted(ALGORITHMS))
 def test_every_strategy_drops_bad_replies_and_keeps_the_model_finite(strategy):
     kinds = ["good", "nan", "inf", "shape", "keys", "error", "good", "good"]
     config = config_for(f"strategy='{strategy}' num-clients={len(kinds)} clients-per-round={len(kinds)}")
-    arrays = to_array_record(model_tensors(build_run_model(config)))
+    arrays = to_array_record(float_state(build_run_model(config)))
     grid = InProcessGrid(None, len(kinds), config.to_dict())
 
     screened = make_strategy(config)
@@ -84,7 +85,7 @@ def test_every_strategy_drops_bad_replies_and_keeps_the_model_finite(strategy):
 
 def test_fewer_than_min_replies_aggregate_nothing_and_leave_strategy_state_alone():
     config = config_for("strategy='feddyn' num-clients=4 clients-per-round=4 min-replies=3")
-    arrays = to_array_record(model_tensors(build_run_model(config)))
+    arrays = to_array_record(float_state(build_run_model(config)))
     grid = InProcessGrid(None, 4, config.to_dict())
     strategy = make_strategy(config)
     sent = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))

@@ -13,10 +13,10 @@ from torch import nn
 
 from fedsign.config import ConfigError, RunConfig
 from fedsign.engines import choose_engine, run_inprocess
-from fedsign.models import DEFAULT_INIT, MODEL_NAMES, build_model, resolve_init
+from fedsign.models import DEFAULT_INIT, MODEL_NAMES, build_model, float_state, resolve_init
 from fedsign.models.mlp import MLP
 from fedsign.results import read_metrics
-from fedsign.task import build_run_model, load_tensors, model_tensors
+from fedsign.task import build_run_model, load_tensors
 from fedsign.tensors import finite_flags
 from fedsign.training import EVAL_BATCH_SIZE, evaluate
 
@@ -123,9 +123,9 @@ def test_finiteness_screen_takes_the_exact_path_when_a_norm_overflows():
 
 def test_load_tensors_refuses_a_wrong_shape_and_copies_exact_values():
     model = build_model("mlp", 10, 1, 28)
-    tensors = {k: torch.randn_like(v) for k, v in model_tensors(model).items()}
+    tensors = {k: torch.randn_like(v) for k, v in float_state(model).items()}
     load_tensors(model, tensors)
-    assert all(torch.equal(v, tensors[k]) for k, v in model_tensors(model).items())
+    assert all(torch.equal(v, tensors[k]) for k, v in float_state(model).items())
     first = next(iter(tensors))
     with pytest.raises(ValueError, match=f"array '{first}' has shape"):
         load_tensors(model, {**tensors, first: tensors[first].reshape(-1)[:1]})

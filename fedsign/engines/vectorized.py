@@ -286,13 +286,12 @@ def vectorization_problem(config) -> str | None:
 
 class VectorizedGrid:
     """Mixin for :class:`fedsign.engines.inprocess.InProcessGrid`: a round's train messages run as one
-    batched computation (chunks of ``chunk_size`` clients; 0 = all, halved on CUDA
+    batched computation (all clients at once, in chunks halved on CUDA
     out-of-memory; ``mixed_precision``: see :func:`train_clients`). Every other message type
     runs sequentially through the ClientApp. When the batched training raises, this round and
     the following ones run sequentially, with one line saying why: no client has replied or
     changed its state by then, so the round's result is the sequential engine's."""
 
-    chunk_size: int = 0
     mixed_precision: bool = False
     fallback_reason: str | None = None
 
@@ -365,7 +364,7 @@ class VectorizedGrid:
                                       term=j.algorithm.make_term(j.round, j.term_inputs)) for j in jobs]
 
         results = []
-        chunk = self.chunk_size or len(jobs)
+        chunk = len(jobs)
         start = 0
         while start < len(jobs):
             part = slice(start, start + chunk)

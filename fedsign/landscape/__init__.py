@@ -17,12 +17,13 @@ from .directions import (COMMON_NOISES, DIRECTION_SETS, FILTER_1D, NORMALIZATION
 from .evaluate import (BN_POLICIES, DataError, EvalData, Evaluation, Line, LoaderData, NonFiniteError, PolicyError,
                        as_eval_data, check_finite, evaluate_lines, evaluate_point, model_state, point_buffers,
                        prepare_data, split_state)
+from .errors import LandscapeError
 from .groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
 from .signs import sign_consistency
 
 __all__ = [
     "BN_POLICIES", "COMMON_NOISES", "DIRECTION_SETS", "DataError", "DirectionError", "EvalData", "Evaluation",
-    "FILTER_1D", "GROUP_NAMES", "GroupError", "Line", "LoaderData", "NORMALIZATIONS", "NonFiniteError",
+    "FILTER_1D", "GROUP_NAMES", "GroupError", "LandscapeError", "Line", "LoaderData", "NORMALIZATIONS", "NonFiniteError",
     "PolicyError", "SPECIAL_DIRECTIONS", "as_eval_data", "asymmetry", "check_finite", "difference",
     "evaluate_lines", "evaluate_point", "group_stats", "interpolation", "lambda_grid", "make_direction",
     "make_directions", "model_state", "normalize", "parameter_roles", "perturb", "point_buffers", "prepare_data",

@@ -28,6 +28,8 @@ from torch import Tensor
 
 from fedsign.training import derive_seed
 
+from .errors import LandscapeError
+
 Params = dict[str, Tensor]
 
 COMMON_NOISES: dict[str, str] = {
@@ -56,7 +58,7 @@ _DRAWS: dict[str, Callable[[tuple[int, ...], torch.Generator], Tensor]] = {
 }
 
 
-class DirectionError(ValueError):
+class DirectionError(LandscapeError):
     """An unknown direction name or a direction that cannot be built or normalized."""
 
 

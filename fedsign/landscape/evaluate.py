@@ -45,19 +45,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedsign.training import BatchTransform
 
+from .errors import LandscapeError
+
 Params = dict[str, Tensor]
 BN_POLICIES = ("recalibrate", "stale", "none")
 
 
-class PolicyError(ValueError):
+class PolicyError(LandscapeError):
     """An unknown BN policy, or recalibration without recalibration data."""
 
 
-class DataError(ValueError):
+class DataError(LandscapeError):
     """Evaluation data of an unsupported kind or batch layout."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(LandscapeError):
     """A model (or direction) with NaN or infinite parameters."""
 
 
@@ -179,7 +181,9 @@ def check_finite(params: Mapping[str, Tensor], what: str = "model") -> None:
                                  "run or a corrupt file); landscape analyses need a finite model")
 
 
-def _subset(n: int, limit: int, generator: torch.Generator) -> Tensor:
+def subset_indices(n: int, limit: int, generator: torch.Generator) -> Tensor:
+    """Sorted indices of a random subset of ``limit`` of ``n`` items drawn from ``generator`` (all when
+    ``limit`` is 0 or at least ``n``)."""
     if 0 < limit < n:
         return torch.randperm(n, generator=generator)[:limit].sort().values
     return torch.arange(n)
@@ -204,11 +208,11 @@ def prepare_data(
     """Transform (eval transform: no augmentation) seeded subsets once: ``test_samples`` test images
     (0 = all) and ``recal_samples`` recalibration images (0 = all of ``recal_images``)."""
     generator = torch.Generator().manual_seed(seed)
-    idx = _subset(len(test_images), test_samples, generator)
+    idx = subset_indices(len(test_images), test_samples, generator)
     x = _transform_all(test_images[idx].to(device), transform, batch_size)
     recal_x = None
     if recal_images is not None:
-        ridx = _subset(len(recal_images), recal_samples, generator)
+        ridx = subset_indices(len(recal_images), recal_samples, generator)
         recal_x = _transform_all(recal_images[ridx].to(device), transform, batch_size)
     return EvalData(x, torch.as_tensor(test_labels)[idx].long().to(device), recal_x, batch_size)
 

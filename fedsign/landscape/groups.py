@@ -20,11 +20,13 @@ import re
 
 from torch import nn
 
+from .errors import LandscapeError
+
 GROUP_NAMES = ("ALL", "CLF", "FEAT", "LAYER1", "CONV", "BN")
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-class GroupError(ValueError):
+class GroupError(LandscapeError):
     """A parameter group that names no parameter of the model."""
 
 

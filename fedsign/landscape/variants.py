@@ -13,15 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from fedsign.data import DatasetSpec, make_batch_transform
-from fedsign.models import build_model
+from fedsign.models import build_model, float_state
 from fedsign.training import TrainSettings, TrainStats, derive_seed, train_local
 
 State = dict[str, Tensor]
-
-
-def float_state(model: nn.Module) -> State:
-    """A detached copy of the model's floating-point state (parameters and BN statistics)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 def build_variant_model(name: str, spec: DatasetSpec, bn_weight_init: str = "ones", seed: int = 0) -> nn.Module:

@@ -9,10 +9,12 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from .errors import LandscapeError
+
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
-class WeightsError(ValueError):
+class WeightsError(LandscapeError):
     """A weights file that cannot be read or does not fit the model."""
 
 

@@ -5,7 +5,7 @@ Every model: ``forward(x, return_features=False)`` -> logits or ``(logits, featu
 optional ``model.projection`` (MOON head); every activation is its own ``nn.ReLU()``.
 """
 
-from .common import BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, initialize
+from .common import BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, float_state, initialize
 from .groups import PARAM_GROUPS, parameter_groups
 from .registry import DEFAULT_INIT, MODEL_NAMES, build_model, check_model_input, resolve_init
 
@@ -19,6 +19,7 @@ __all__ = [
     "PARAM_GROUPS",
     "build_model",
     "check_model_input",
+    "float_state",
     "initialize",
     "parameter_groups",
     "resolve_init",

@@ -29,6 +29,11 @@ class ModelConfigError(ValueError):
     """A model name / input shape / option that the models package cannot build."""
 
 
+def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the model's floating-point state (parameters and BN statistics), on its device."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
 def check_bn_weight_init(bn_weight_init: str) -> None:
     if bn_weight_init not in BN_WEIGHT_INITS:
         raise ModelConfigError(
