@@ -18,7 +18,7 @@ official code does, by the plain average of the round's participants (``particip
 columns); its server model is in metrics.csv too.
 
 Cells run through the in-process engine (``--engine vectorized`` or ``ray`` also work). A cell
-whose ``model.safetensors`` exists is done, so an interrupted sweep resumes (an interrupted cell restarts
+whose ``summary.json`` says "finished" is done, so an interrupted sweep resumes (an interrupted cell restarts
 from round 1, so cells write no per-round checkpoints: ``checkpoint-every=0``); every cell is claimed
 with a lock file, so several processes (``--workers N``, or the same command started again on
 another GPU) share one sweep without running or deleting each other's cells.
@@ -265,9 +265,18 @@ def cell_summary(cell: Cell, history: list[dict]) -> dict:
             "curve": [(r["round"], r[f"{prefix}accuracy"]) for r in history if r.get(f"{prefix}accuracy") is not None]}
 
 
+def cell_done(folder: Path) -> bool:
+    """Whether the cell's run finished (its summary.json says so; metrics.csv, config.json and summary.json
+    are all a table needs, so a folder of those alone, e.g. a committed archive, counts as done)."""
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def finished_cells(runs: Path, cells: list[Cell]) -> dict[Cell, dict]:
     return {c: cell_summary(c, read_metrics(runs / c.name)) for c in cells
-            if (runs / c.name / "model.safetensors").exists()}
+            if cell_done(runs / c.name)}
 
 
 def select_values(tuned: dict[Cell, dict], preset: Preset, methods: tuple[str, ...],
@@ -352,7 +361,7 @@ def next_cell(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...
     candidates = sorted(tuning + seeds, key=lambda c: (c.rounds_factor, RUN_ORDER.index(c.method)))  # checks last
     waiting = len(select_values(tuned, preset, methods, datasets)) < len(preset.groups(methods, datasets))
     for cell in candidates:
-        if (runs / cell.name / "model.safetensors").exists():
+        if cell_done(runs / cell.name):
             continue
         lock = CellLock(runs / f"{cell.name}.lock")
         if lock.acquire():

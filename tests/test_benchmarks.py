@@ -36,7 +36,7 @@ def write_cell(runs: Path, cell, test: list[float], val: list[float], weight_nor
     norms = weight_norm or [""] * len(test)
     rows = [f"{i + 1},{t},{v},{n}" for i, (t, v, n) in enumerate(zip(test, val, norms))]
     (folder / "metrics.csv").write_text("round,accuracy,val_accuracy,weight_norm\n" + "\n".join(rows) + "\n")
-    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "summary.json").write_text('{"status": "finished"}')
 
 
 def test_grid_sizes_and_the_paper_settings(tmp_path):
@@ -120,9 +120,10 @@ def test_aggregate_writes_tables_from_finished_cells_only(tmp_path):
     for seed, (avg, sign) in {1: (0.6, 0.7), 2: (0.7, 0.75)}.items():
         write_cell(runs, table1.Cell("digits", 1.0, "fedavg", seed), [avg] * 3, [avg] * 3)
         write_cell(runs, table1.Cell("digits", 1.0, "fedsign", seed, 0.01), [sign] * 3, [sign] * 3)
-    unfinished = runs / table1.Cell("digits", 0.5, "fedavg", 0).name  # no model: interrupted, not counted
+    unfinished = runs / table1.Cell("digits", 0.5, "fedavg", 0).name  # interrupted: not counted
     unfinished.mkdir()
     (unfinished / "metrics.csv").write_text("round,accuracy\n1,0.9\n")
+    (unfinished / "summary.json").write_text('{"status": "interrupted"}')
 
     markdown = table1.aggregate("t", PRESET, runs, out, METHODS, ("digits",))
     assert "| digits | 1 | 60.00 ± 10.00 | 66.67 ± 10.41 (fedsign-gamma=0.01) |" in markdown
