@@ -670,6 +670,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--runs", default="", help="cell folders (default <out>/table1_runs/<preset>)")
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--archive", default="", help="also copy every finished cell's metrics.csv, config.json and "
+                                                      "summary.json here (what the tables and a resumed sweep need)")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -701,6 +703,22 @@ def main(argv: list[str] | None = None) -> None:
         else:
             work(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget)
     print(aggregate(args.preset, preset, runs, out, methods, datasets))
+    if args.archive:
+        archive_cells(runs, Path(args.archive))
+
+
+ARCHIVED_FILES = ("metrics.csv", "config.json", "summary.json")
+
+
+def archive_cells(runs: Path, archive: Path) -> int:
+    """Copy the ``ARCHIVED_FILES`` of every finished cell folder under ``runs`` into ``archive``; return how many."""
+    done = [folder for folder in sorted(runs.iterdir()) if folder.is_dir() and cell_done(folder)]
+    for folder in done:
+        (archive / folder.name).mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVED_FILES:
+            shutil.copyfile(folder / name, archive / folder.name / name)
+    print(f"archived {len(done)} finished cells in {archive}")
+    return len(done)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,16 @@ def test_reduction_table_heterogeneity_row_and_weight_columns(tmp_path):
     assert "| digits | 0.5 | sum | 0.0001 | 67.50 ± 10.61 (2 seeds) | +2.50 ± 3.54 (p=0.50" in markdown
     assert "| digits | 0.5 | sum | 0.001 | 60.00 | 59.90 | – | – | – | 20.0 | 30.0 | – | – |" in markdown  # final, peak norm
     assert "FedSign (mean)" not in markdown and "| digits | 0.5 | mean |" not in markdown  # not run: no row
+
+
+def test_an_archive_of_finished_cells_gives_the_same_table(tmp_path):
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    for seed, acc in enumerate((0.5, 0.6, 0.7)):
+        write_cell(runs, table1.Cell("digits", 1.0, "fedavg", seed), [acc] * 3, [acc] * 3)
+        (runs / table1.Cell("digits", 1.0, "fedavg", seed).name / "config.json").write_text("{}")
+    (runs / "digits-a0.5-fedavg-s0").mkdir()  # unfinished: no summary
+    assert table1.archive_cells(runs, archive) == 3
+    assert sorted(p.name for p in archive.iterdir()) == [f"digits-a1-fedavg-s{s}" for s in range(3)]
+    one = table1.aggregate("a", PRESET, runs, tmp_path / "o1", ("fedavg",), ("digits",))
+    two = table1.aggregate("a", PRESET, archive, tmp_path / "o2", ("fedavg",), ("digits",))
+    assert one == two and "60.00 ± 10.00" in one
