@@ -7,7 +7,7 @@ from torch import nn
 
 from clients.fedsign import sign_term
 from fedsign.config import RunConfig
-from fedsign.data import DATASETS, make_batch_transform
+from fedsign.data import DATASETS, loaded_dataset, make_batch_transform
 from fedsign.engines import run_inprocess
 from fedsign.results import read_metrics
 from fedsign.task import run_partitions, run_train_split, train_split
@@ -97,7 +97,7 @@ def test_validation_split_is_disjoint_from_every_clients_data_and_fixed_across_s
     other_seed = config.replace(seed=5)
     assert np.array_equal(run_train_split(other_seed)[1], validation)  # the split is part of the data
     assert not all(np.array_equal(a, b) for a, b in zip(run_partitions(other_seed), run_partitions(config)))
-    labels = np.asarray(__import__("fedsign.task", fromlist=["dataset"]).dataset("digits", "").train_y)
+    labels = np.asarray(loaded_dataset("digits", "").train_y)
     assert np.bincount(labels[validation], minlength=10).min() >= 15  # stratified: every class held out
     with pytest.raises(ValueError, match="train-samples=99999 exceeds"):
         train_split("digits", "", 99999, 0.0)
