@@ -102,7 +102,8 @@ def parse_flbench_log(text: str) -> dict:
     accuracy = {int(epoch): float(groups["centralized"]["test"]["accuracy"].split("%")[0])
                 for epoch, groups in results.items() if "test" in groups.get("centralized", {})}
     if not accuracy:
-        raise PeerError("FL-bench's results have no centralized test accuracy (common.test.server.interval must be > 0)")
+        raise PeerError("FL-bench's results have no centralized test accuracy "
+                        "(common.test.server.interval must be > 0)")
     hours, minutes, seconds = map(int, total.groups())
     return {"train_s_per_round": 60 * int(per_round.group(1)) + float(per_round.group(2)),
             "loop_s": 3600 * hours + 60 * minutes + seconds, "accuracy_by_round": accuracy}
@@ -255,13 +256,14 @@ def flbench_commit(args: argparse.Namespace) -> str:
         return args.flbench_commit
     probe = subprocess.run(["git", "-C", args.flbench, "rev-parse", "HEAD"], capture_output=True, text=True)
     if probe.returncode != 0:
-        raise PeerError(f"{args.flbench} has no git metadata; pass --flbench-commit HASH (the commit it was checked out at)")
+        raise PeerError(f"{args.flbench} has no git metadata; pass --flbench-commit HASH "
+                        "(the commit it was checked out at)")
     return probe.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flbench", required=True, help="scratch FL-bench checkout (outside this project)")
+    parser.add_argument("--flbench", default="", help="scratch FL-bench checkout (outside this project)")
     parser.add_argument("--flbench-commit", default="", help="its commit, when the checkout has no .git")
     parser.add_argument("--python", default=sys.executable, help="Python that runs FL-bench (default: this one)")
     parser.add_argument("--pythonpath", default="", help="PYTHONPATH for FL-bench's extra dependencies")
@@ -280,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if set(layouts) - {"official", "own"} or set(sides) - {"flbench", "ours"} or not sides:
             raise PeerError("--layouts takes official,own and --sides takes flbench,ours (comma-separated)")
+        if "flbench" in sides and not args.flbench:
+            raise PeerError("--flbench DIR (a scratch FL-bench checkout) is needed to run the FL-bench side")
         if args.threads < 1:
             raise PeerError("--threads must be >= 1")
         absent = [f"{n}.gz" for n in MNIST_FILES if not (data_dir / f"{n}.gz").is_file()]

@@ -94,6 +94,8 @@ def test_bad_input_is_one_line_before_any_run(tmp_path, capsys, write_fmnist):
     write_fmnist(tmp_path, n_train=400)  # MNIST's file names and format, enough for 20 clients
     assert peers.main(["--flbench", str(tmp_path), "--flbench-commit", "abc", "--data-dir", str(tmp_path)]) == 2
     assert "is not an FL-bench checkout" in capsys.readouterr().err
+    assert peers.main(["--data-dir", str(tmp_path)]) == 2
+    assert "--flbench DIR" in capsys.readouterr().err
     assert peers.main(["--flbench", str(tmp_path), "--data-dir", str(tmp_path), "--sides", "theirs"]) == 2
     assert "--sides takes flbench,ours" in capsys.readouterr().err
     assert peers.main(["--flbench", str(tmp_path), "--data-dir", str(tmp_path), "--extra", "lr=-1"]) == 2
