@@ -191,15 +191,17 @@ def run_flbench(args: argparse.Namespace, layout: str, partitions: tuple, env: d
     if final_round != args.rounds:
         raise PeerError(f"FL-bench's last evaluated round is {final_round}, not {args.rounds}")
     accuracy = log["accuracy_by_round"][final_round]
-    steps = [shlex.join(generate)] + (["(partition.pkl replaced: our clients' train indices, official test "
-                                       "images as the clients' test lists)"] if layout == "official" else [])
+    steps = [f"cd {flbench}", f"{env_prefix(env)} {shell_join(generate)}"]
+    if layout == "official":
+        steps.append("<peers.py rewrites data/mnist/partition.pkl: our clients' train indices, the official "
+                     "test images as the clients' test lists>")
     return {"side": "FL-bench FedAvg (avgcnn)", "layout": layout, "rounds": args.rounds,
             "s_per_round": log["loop_s"] / args.rounds, "s_per_round_from": "logged total running time / rounds",
             "train_s_per_round": log["train_s_per_round"], "wall_s": wall,
             "accuracy_official_test": accuracy if layout == "official" else None,
             "accuracy_own_split": accuracy if layout == "own" else None,
             "torch_threads": parse_torch_threads(stdout), "log": str(new[0] / "main.log"),
-            "command": " && ".join(steps + [f"cd {flbench} && {env_prefix(env)} {shlex.join(command)}"])}
+            "command": " && ".join(steps + [f"{env_prefix(env)} {shell_join(command)}"])}
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -217,7 +219,17 @@ def run_ours(args: argparse.Namespace, config: RunConfig, overrides: str, work: 
             "s_per_round": figures["s_per_round"], "s_per_round_from": "mean of metrics.csv seconds",
             "train_s_per_round": None, "wall_s": wall, "accuracy_official_test": figures["accuracy"],
             "accuracy_own_split": None, "torch_threads": parse_torch_threads(stdout),
-            "log": str(out_dir / "metrics.csv"), "command": f"cd {ROOT} && {env_prefix(env)} {shlex.join(command)}"}
+            "log": str(out_dir / "metrics.csv"), "command": f"cd {ROOT} && {env_prefix(env)} {shell_join(command)}"}
+
+
+def shell_join(command: list[str]) -> str:
+    """``command`` as a shell line; an argument holding single quotes but nothing double quotes would
+    expand goes in double quotes (readable run-config strings)."""
+    def quote(arg: str) -> str:
+        if "'" in arg and not any(c in arg for c in '"$`\\!'):
+            return f'"{arg}"'
+        return shlex.quote(arg)
+    return " ".join(quote(arg) for arg in command)
 
 
 def env_prefix(env: dict) -> str:
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tempfile.mkdtemp(prefix="speed_peers_dry_")) / "speed_peers"
         work = Path(tempfile.mkdtemp(prefix="peers_"))  # logs and our run folder, kept
         print(f"logs and run folders: {work}", flush=True)
-        note = (f"Machine: {os.cpu_count()} CPUs; torch threads on both sides: {args.threads}; "
+        note = (f"{time.strftime('%Y-%m-%d')}, machine: {os.cpu_count()} CPUs; torch threads on both sides: {args.threads}; "
                 f"{args.rounds} rounds{' (DRY RUN)' if args.dry_run else ''}. FL-bench commit: "
                 f"{commit or '(not run)'}. Ours: commit {git_head()}, run config `{overrides}`. "
                 "Our s/round is the mean of metrics.csv `seconds` (training + the server's 10k test every "

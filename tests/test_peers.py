@@ -1,6 +1,7 @@
 """benchmarks/peers.py: the parsers of FL-bench's log and our metrics.csv, FL-bench's partition file, bad input."""
 
 import pickle
+import shlex
 
 import numpy as np
 import pytest
@@ -100,3 +101,11 @@ def test_bad_input_is_one_line_before_any_run(tmp_path, capsys, write_fmnist):
     assert "--sides takes flbench,ours" in capsys.readouterr().err
     assert peers.main(["--flbench", str(tmp_path), "--data-dir", str(tmp_path), "--extra", "lr=-1"]) == 2
     assert "our run config" in capsys.readouterr().err
+
+
+def test_recorded_commands_split_back_into_the_arguments_run():
+    command = ["python", "-c", peers.OUR_ENTRY.format(threads=2), "run", "--run-config",
+               "dataset='mnist' out-dir='/tmp/a b'", "it's $HOME", 'say "hi"']
+    line = peers.shell_join(command)
+    assert shlex.split(line) == command
+    assert "\"dataset='mnist' out-dir='/tmp/a b'\"" in line
