@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from fedsign.config import ConfigError, RunConfig
 from fedsign.models import (
     BN_WEIGHT_INITS,
     MODEL_NAMES,
@@ -77,9 +78,12 @@ PARAM_COUNTS = [
     ("cnn_small", 1, 28, 105_866, cnn_count(cin=1, s=7, widths=(16, 32), hidden=64)),
     ("mlp", 1, 28, 199_210, (784 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),  # McMahan et al.'s 2NN
     ("mlp", 3, 32, 656_810, (3 * 32 * 32 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),
+    # McMahan et al.'s CNN = FL-bench's avgcnn (582,026 weights on MNIST): unpadded 5x5 convs, s = 4 at 28, 5 at 32
+    ("fedavg_cnn", 1, 28, 582_026, (25 * 32 + 32) + (25 * 32 * 64 + 64) + (64 * 16 * 512 + 512) + (512 * 10 + 10)),
+    ("fedavg_cnn", 3, 32, 878_538, (75 * 32 + 32) + (25 * 32 * 64 + 64) + (64 * 25 * 512 + 512) + (512 * 10 + 10)),
 ]
 
-RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "mlp": 2, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10,
+RELU_COUNTS = {"cnn": 3, "cnn_small": 3, "mlp": 2, "fedavg_cnn": 3, "resnet20": 19, "vgg8": 7, "vgg8_bn": 7, "vgg11": 10,
                "vgg11_bn": 10, "vgg16": 15, "vgg16_bn": 15}
 BN_NAMES = [n for n in MODEL_NAMES if n.endswith("_bn") or n == "resnet20"]
 
@@ -219,7 +223,8 @@ def test_check_model_input_errors(name, cin, size, fragment):
 
 ACCEPTED = ([(name, 3, 32) for name in MODEL_NAMES]
             + [(name, 1, s) for name in ("cnn", "mlp", "resnet20") for s in (8, 28)]
-            + [("cnn", 1, 4), ("cnn", 1, 12), ("cnn", 3, 16), ("vgg8", 3, 64)])
+            + [("cnn", 1, 4), ("cnn", 1, 12), ("cnn", 3, 16), ("vgg8", 3, 64), ("fedavg_cnn", 1, 16),
+               ("fedavg_cnn", 1, 28)])
 
 
 @pytest.mark.parametrize("name,cin,size", ACCEPTED)
@@ -365,3 +370,10 @@ def test_cnn_trains_digits():
     with torch.no_grad():
         acc = (m(x[te]).argmax(1) == y[te]).float().mean().item()
     assert acc >= 0.9
+
+
+def test_fedavg_cnn_refuses_images_its_unpadded_convolutions_cannot_take():
+    with pytest.raises(ModelConfigError, match="needs image_size >= 16, got 8"):
+        build_model("fedavg_cnn", 10, 1, 8)
+    with pytest.raises(ConfigError, match="model 'fedavg_cnn' cannot take dataset 'digits'"):
+        RunConfig.from_overrides("dataset='digits' model='fedavg_cnn'")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from .cnn import CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN, SmallCNN, cnn_num_pools
+from .fedavg_cnn import FedAvgCNN, fedavg_cnn_side
 from .common import ModelConfigError, check_bn_weight_init, check_init, initialize
 from .mlp import MLP
 from .resnet import CifarResNet
 from .vgg import VGG, VGG_CFGS
 
-MODEL_NAMES = ("cnn", "cnn_small", "mlp", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
+MODEL_NAMES = ("cnn", "cnn_small", "mlp", "fedavg_cnn", "resnet20", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn")
 # The initialization a run gets with init='auto', chosen per model by measurement (README, "Initialization"):
 # the paper's VGGs keep FedRepo's scheme, the generic models train faster from PyTorch's defaults.
 DEFAULT_INIT = {name: "fedrepo" if name.startswith("vgg") else "pytorch" for name in MODEL_NAMES}
@@ -42,6 +43,10 @@ def check_model_input(name: str, in_channels: int, image_size: int) -> None:
                 f"{name} has 5 max-pools and needs image_size >= 32 and divisible by 32, got {image_size}; "
                 "use cnn or resnet20 for smaller images, or resize to 32"
             )
+    elif name == "fedavg_cnn":
+        if fedavg_cnn_side(image_size) < 1:
+            raise ModelConfigError(f"{name} has two unpadded 5x5 convolutions and 2x2 max-pools and needs "
+                                   f"image_size >= 16, got {image_size}; use cnn for smaller images")
     elif name.startswith("cnn"):
         step = 2 ** cnn_num_pools(image_size)
         if image_size < 4 or image_size % step:
@@ -78,6 +83,8 @@ def build_model(
         model: nn.Module = SmallCNN(num_classes, in_channels, image_size, projection_dim)
     elif name == "cnn_small":
         model = SmallCNN(num_classes, in_channels, image_size, projection_dim, CNN_SMALL_CHANNELS, CNN_SMALL_HIDDEN)
+    elif name == "fedavg_cnn":
+        model = FedAvgCNN(num_classes, in_channels, image_size, projection_dim)
     elif name == "mlp":
         model = MLP(num_classes, in_channels, image_size, projection_dim)
     elif name == "resnet20":
