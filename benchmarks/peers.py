@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsign.config import ConfigError, RunConfig  # noqa: E402
+from fedsign.config import ConfigError, RunConfig, merge_overrides  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
 from fedsign.task import run_partitions  # noqa: E402
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         absent = [f"{n}.gz" for n in MNIST_FILES if not (data_dir / f"{n}.gz").is_file()]
         if absent:
             raise PeerError(f"--data-dir {data_dir} lacks {', '.join(absent)} (MNIST's idx .gz files)")
-        overrides = f"{OUR_CONFIG.format(data_dir=data_dir, rounds=args.rounds)} {args.extra}".strip()
+        overrides = merge_overrides(OUR_CONFIG.format(data_dir=data_dir, rounds=args.rounds), args.extra)
         try:
             config = RunConfig.from_overrides(overrides).resolved()
         except ConfigError as err:

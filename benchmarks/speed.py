@@ -54,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsign.config import RunConfig  # noqa: E402
+from fedsign.config import RunConfig, merge_overrides  # noqa: E402
 from fedsign.data import DATASETS, make_batch_transform  # noqa: E402
 from fedsign.engines import run_inprocess  # noqa: E402
 from fedsign.landscape import (Line, evaluate_lines, lambda_grid, make_directions, model_state,  # noqa: E402
@@ -284,7 +284,7 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
 def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine;
     and the settings it ran (``--extra`` included) in words."""
-    from table1 import PRESETS, merge_overrides
+    from table1 import PRESETS
 
     overrides = merge_overrides(PRESETS["cpu-converged"].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
                                 f"num-rounds={args.rounds} eval-every={args.rounds}", args.extra)

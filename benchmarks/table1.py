@@ -36,7 +36,6 @@ import csv
 import json
 import logging
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedsign.algorithms import ALGORITHMS  # noqa: E402
-from fedsign.config import ConfigError, RunConfig  # noqa: E402
+from fedsign.config import ConfigError, RunConfig, merge_overrides  # noqa: E402
 from fedsign.results import read_metrics  # noqa: E402
 
 METHODS = tuple(ALGORITHMS)
@@ -210,16 +209,6 @@ class Cell:
         if self.rounds_factor != 1:
             parts.append(f"num-rounds={preset.config(extra).num_rounds * self.rounds_factor}")
         return merge_overrides(*parts)
-
-
-def merge_overrides(*parts: str) -> str:
-    """``key=value`` strings joined with later parts replacing earlier keys (``--extra`` over the preset)."""
-    merged: dict[str, str] = {}
-    for part in parts:
-        for key, value in re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", part):
-            merged.pop(key, None)
-            merged[key] = value
-    return " ".join(f"{k}={v}" for k, v in merged.items())
 
 
 def tuning_cells(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]) -> list[Cell]:

@@ -34,6 +34,16 @@ PARTITION_STYLES = ("per-class", "per-client")
 _KEY_VALUE = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 
 
+def merge_overrides(*parts: str) -> str:
+    """``key=value`` strings joined with later parts replacing earlier keys (an ``--extra`` over a preset)."""
+    merged: dict[str, str] = {}
+    for part in parts:
+        for key, value in _KEY_VALUE.findall(part):
+            merged.pop(key, None)
+            merged[key] = value
+    return " ".join(f"{k}={v}" for k, v in merged.items())
+
+
 class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type or out of range."""
 

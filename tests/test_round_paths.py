@@ -1,17 +1,18 @@
 """The round's fast paths give the results of the slow ones: model initialization per ``init``, the engine
-``auto`` picks, SIGALRM vs thread delivery in the in-process grid, the finiteness screen, evaluation batches,
+``auto`` picks, the in-process grid's client thread, the finiteness screen, evaluation batches,
 and a pinned Table-1 preset cell that must reproduce the numbers the code gave before the round was made faster."""
 
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from fedsign.config import ConfigError, RunConfig
+from fedsign.config import ConfigError, RunConfig, merge_overrides
 from fedsign.engines import choose_engine, run_inprocess
 from fedsign.models import DEFAULT_INIT, MODEL_NAMES, build_model, float_state, resolve_init
 from fedsign.models.mlp import MLP
@@ -89,9 +90,8 @@ def _final_model(config: RunConfig) -> dict:
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "moon", "feddyn"])
-def test_main_thread_delivery_equals_the_thread_per_message_path(tmp_path, strategy):
-    """The main thread runs clients in place (SIGALRM timeout); any other thread starts one per message.
-    Same config, same model bit for bit."""
+def test_a_run_from_another_thread_gives_the_same_model(tmp_path, strategy):
+    """Clients run on the grid's client thread whoever drives the round: same config, same model bit for bit."""
     base = RunConfig.from_overrides(f"{SMALL} strategy='{strategy}' engine='inprocess'").resolved()
     in_place = _final_model(base.replace(out_dir=str(tmp_path / "main")))
     result = {}
@@ -102,14 +102,23 @@ def test_main_thread_delivery_equals_the_thread_per_message_path(tmp_path, strat
     assert all(torch.equal(in_place[k], result[k]) for k in in_place)
 
 
-def test_a_hanging_client_times_out_without_a_thread_and_the_round_goes_on(tmp_path):
+def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind(tmp_path, monkeypatch):
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # warm-up: the timeout is for training
-    config = RunConfig.from_overrides(f"{SMALL} round-timeout=3 fail-partitions='2:hang@1' engine='inprocess' "
-                                      f"out-dir='{tmp_path / 'run'}'").resolved()
+    import fedsign.engines.inprocess as inprocess
+
+    started = []
+    original = inprocess.ClientThread.__init__
+    monkeypatch.setattr(inprocess.ClientThread, "__init__", lambda self: (started.append(1), original(self))[1])
+    config = RunConfig.from_overrides(merge_overrides(SMALL, "num-rounds=3 round-timeout=2 fail-partitions='2:hang@1' "
+                                                      f"engine='inprocess' out-dir='{tmp_path / 'run'}'")).resolved()
     before = threading.active_count()
     results = run_inprocess(config, progress=False)
-    assert threading.active_count() == before  # no thread left behind
-    assert [(r["num_replies"], r["num_failures"]) for r in results.rows] == [(3, 1), (4, 0)]
+    assert [(r["num_replies"], r["num_failures"]) for r in results.rows] == [(3, 1), (4, 0), (4, 0)]
+    assert len(started) == 2  # 3 rounds x 4 clients on one thread, one more after the hang
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.1)  # the late call sleeps round-timeout + 1 s, then its thread ends
+    assert threading.active_count() == before
 
 
 # ----------------------------------------------------------- screening
@@ -155,7 +164,7 @@ PINNED = {
 @pytest.mark.requires_dataset("fmnist")
 @pytest.mark.parametrize("strategy", sorted(PINNED))
 def test_pinned_cpu_converged_cell_reproduces(tmp_path, strategy):
-    overrides = table1.merge_overrides(table1.PRESETS["cpu-converged"].common,
+    overrides = merge_overrides(table1.PRESETS["cpu-converged"].common,
                                        f"dataset='fmnist' dirichlet-alpha=0.5 seed=0 num-rounds=4 eval-every=2 "
                                        f"strategy='{strategy}' out-dir='{tmp_path / 'cell'}'")
     run_inprocess(RunConfig.from_overrides(overrides).resolved(), progress=False)

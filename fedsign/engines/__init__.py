@@ -40,7 +40,10 @@ def run_inprocess(config: RunConfig, *, progress: bool = True) -> RunResults:
     grid = grid_class(client_app, config.num_clients, config.to_dict())
     if isinstance(grid, VectorizedInProcessGrid):
         grid.mixed_precision = config.mixed_precision
-    return run_server(grid, config, progress=progress)
+    try:
+        return run_server(grid, config, progress=progress)
+    finally:
+        grid.close()
 
 
 __all__ = ["InProcessGrid", "VectorizedInProcessGrid", "choose_engine", "error_reply", "run_inprocess"]
