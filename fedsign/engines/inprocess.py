@@ -52,7 +52,8 @@ class ClientThread:
 
     def __init__(self) -> None:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, daemon=True, name="fedsign-client").start()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="fedsign-client")
+        self.thread.start()
 
     def _loop(self) -> None:
         while (item := self._calls.get()) is not None:
@@ -163,9 +164,11 @@ class InProcessGrid(Grid):
         if reply:
             self._replies[message_id] = reply[0]
 
-    def close(self) -> None:
-        """End the client thread (once its calls have run)."""
+    def close(self, timeout: float = 60.0) -> None:
+        """End the client thread and wait for it (a thread that touched torch's thread pool must not be
+        left running at interpreter exit: with 2+ torch threads the process then aborts)."""
         self._thread.retire()
+        self._thread.thread.join(timeout)
 
     def _call(self, msg: Message, context: Context, reply: list[Message]) -> None:
         try:
