@@ -344,8 +344,9 @@ def _asym(record: dict, name: str) -> float:
 
 
 def bn_net_figures(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, data: EvalData, scale: BNScale, seed: int,
-                   out: Path) -> dict:
-    """Figs. 3, 4, 5, 8 and 11 for one net (noise on ALL, NS, s = 1, BN recalibrated)."""
+                   out: Path) -> tuple[dict, Trained]:
+    """Figs. 3, 4, 5, 8 and 11 for one net (noise on ALL, NS, s = 1, BN recalibrated): their numbers, and
+    the trained net (Fig. 7 reuses it)."""
     res: dict = {}
     xs, ys = x[:scale.train_samples], y[:scale.train_samples]
     t = train_net(key, spec, xs, ys, scale.epochs, seed)
