@@ -5,7 +5,6 @@ import typing
 from pathlib import Path
 
 import pytest
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from clients import ClientAlgorithm
