@@ -107,6 +107,27 @@ def test_sign_term_value_from_eq1():
         sign_term(local, glob, 0.5, "max")
 
 
+@pytest.mark.parametrize("reduction", ["sum", "root4", "mean"])
+def test_sign_term_is_bit_identical_to_the_two_branch_form(reduction):
+    """The one-branch u (sigmoid(sign * theta) * |sign|) gives the same bits, value and gradient, as
+    positive * sigmoid(theta) + negative * sigmoid(-theta), the form the committed tables ran."""
+    local = tiny_params()
+    glob = global_of(local)
+
+    def two_branch(params):
+        u = [(glob[k] > 0).float() * torch.sigmoid(params[k]) + (glob[k] < 0).float() * torch.sigmoid(-params[k])
+             for k in glob]
+        if reduction == "mean":
+            return -0.3 * sum(v.mean() for v in u) / len(u)
+        numel = sum(v.numel() for v in u)
+        return -0.3 * {"sum": 1.0, "root4": numel ** -0.25}[reduction] * sum(v.sum() for v in u)
+
+    new, old = sign_term(local, glob, 0.3, reduction), two_branch(local)
+    assert torch.equal(new, old)
+    old_grads = grads(old, local)
+    assert all(torch.equal(g, old_grads[k]) for k, g in grads(new, local).items())
+
+
 def test_sign_term_sum_pushes_weights_from_zero_by_lr_gamma_over_4():
     """At the paper's settings (lr 0.03, gamma 0.01) one SGD step on the `sum` term moves every
     near-zero weight away from zero by lr*gamma/4, whatever the model size; `mean` divides that
