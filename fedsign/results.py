@@ -203,6 +203,8 @@ class RunResults:
     def __init__(self, out_dir: str | os.PathLike, rows: Iterable[dict[str, Any]] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict[str, Any]] = list(rows)
+        self._columns: list[str] = []  # metrics.csv's header and each row's line as last written
+        self._lines: list[str] = []
         self.lock: RunLock | None = None
         self.status = "running"
         self.tracking = Tracking()  # none until start_tracking
@@ -301,8 +303,14 @@ class RunResults:
         atomic_write(self.out_dir / "environment.json", json.dumps(environment, indent=2) + "\n")
 
     def append_round(self, row: dict[str, Any]) -> None:
-        """Add one round's metrics, rewrite metrics.csv and log the row to the trackers."""
-        self._write_rows([*self.rows, row])
+        """Add one round's metrics, rewrite metrics.csv and log the row to the trackers. Only the new
+        row is formatted unless it brings a new column (a round costs the same at round 1 and 1,000)."""
+        if not self._lines or any(k not in self._columns for k in row):
+            self._write_rows([*self.rows, row])
+        else:
+            self.rows.append(dict(row))
+            self._lines.append(self._csv_line(self.rows[-1]))
+            self._write_lines()
         self.tracking.log_rows(self.rows[-1:])
 
     def set_rows(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -313,13 +321,17 @@ class RunResults:
 
     def _write_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         self.rows = [dict(r) for r in rows]
-        columns = list(METRIC_COLUMNS)
+        self._columns = list(METRIC_COLUMNS)
         for r in self.rows:
-            columns.extend(k for k in r if k not in columns)
-        lines = [",".join(columns)]
-        for r in self.rows:
-            lines.append(",".join(_csv_cell(r.get(c)) for c in columns))
-        atomic_write(self.metrics_path, "\n".join(lines) + "\n")
+            self._columns.extend(k for k in r if k not in self._columns)
+        self._lines = [self._csv_line(r) for r in self.rows]
+        self._write_lines()
+
+    def _csv_line(self, row: dict[str, Any]) -> str:
+        return ",".join(_csv_cell(row.get(c)) for c in self._columns)
+
+    def _write_lines(self) -> None:
+        atomic_write(self.metrics_path, "\n".join([",".join(self._columns), *self._lines]) + "\n")
 
     def save_model(self, model: nn.Module, name: str = "model.safetensors") -> Path:
         """Save the floating-point state dict as safetensors."""

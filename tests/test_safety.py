@@ -32,7 +32,7 @@ from fedsign.cli import main
 from fedsign.config import RunConfig
 from fedsign.data import DataSourceError, load_dataset
 from fedsign.engines import run_inprocess
-from fedsign.results import LOCK_NAME, MARKER_NAME, RunLock, read_marker
+from fedsign.results import LOCK_NAME, MARKER_NAME, RunLock, RunResults, read_marker
 
 RUN = ("strategy='fedavg' dataset='digits' num-clients=2 clients-per-round=2 num-rounds=2 local-epochs=1 "
        "seed=3 device='cpu'")
@@ -663,3 +663,17 @@ def test_oversized_image_in_a_cifar_tarball_is_refused_undecoded(tmp_path, monke
     with pytest.raises(DataSourceError, match="is 9000x9000, expected 32x32"):
         load_dataset("cifar10", tar_path, cache_dir=tmp_path / "cache")
     assert (9000, 9000) not in decoded
+
+
+def test_metrics_csv_appended_row_by_row_equals_the_whole_table_written_at_once(tmp_path):
+    """append_round formats only the new row, except when a row brings a new column (then all rows)."""
+    rows = [{"round": 1, "train_loss": 2.0, "num_replies": 3, "seconds": 0.5},
+            {"round": 2, "train_loss": 1.5, "num_replies": 3, "seconds": 0.25, "accuracy": 0.5, "ssr": 0.99},
+            {"round": 3, "train_loss": 1.25, "num_replies": 2, "num_failures": 1, "seconds": 0.125},
+            {"round": 4, "train_loss": 1.0, "num_replies": 3, "seconds": 0.1, "weight_norm": 3.5}]
+    appended, whole = RunResults(tmp_path / "a"), RunResults(tmp_path / "b")
+    for i, row in enumerate(rows):
+        appended.append_round(row)
+        whole.set_rows(rows[:i + 1])
+        assert appended.metrics_path.read_text() == whole.metrics_path.read_text()
+    assert appended.metrics_path.read_text().splitlines()[-1].endswith(",3.5")
