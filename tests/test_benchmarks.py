@@ -4,6 +4,7 @@ the written tables."""
 import csv
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def test_paired_difference_closed_form_and_common_seeds():
     one = analysis.paired_difference({"accuracies": {0: 0.9, 1: 0.8}, "std": 0.07},
                                      {"accuracies": {1: 0.5, 2: 0.4}, "std": 0.07})
     assert one["seeds"] == 1 and one["mean"] == pytest.approx(0.3) and one["p"] is None
+    assert analysis.verdict(one) == "within noise of"  # +30 points, but one seed: no test
 
 
 def test_cell_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
@@ -174,7 +176,9 @@ def test_reduction_table_heterogeneity_row_and_weight_columns(tmp_path):
     assert "| digits | +20.00 ± 0.00 |" in markdown  # FedAvg: alpha 10 minus alpha 0.5, paired by seed
     assert "| digits | 0.5 | sum | 0.0001 | 67.50 ± 10.61 (2 seeds) | +2.50 ± 3.54 (p=0.50" in markdown
     assert "| digits | 0.5 | sum | 0.001 | 60.00 | 59.90 | – | – | – | 20.0 | 30.0 | – | – |" in markdown  # final, peak norm
-    assert "FedSign (mean)" not in markdown and "| digits | 0.5 | mean |" not in markdown  # not run: no row
+    assert "| digits | 0.5 | mean |" not in markdown  # not run: no row, but listed as missing
+    assert "| digits | 0.5 | FedSign (mean) | 0 of 5 | tuning at fedsign-gamma = 0.001, 0.01, 0.1, 1 (seed 0)" \
+        in markdown
 
 
 def test_an_archive_of_finished_cells_gives_the_same_table(tmp_path):
@@ -188,3 +192,54 @@ def test_an_archive_of_finished_cells_gives_the_same_table(tmp_path):
     one = report.aggregate("a", PRESET, runs, tmp_path / "o1", ("fedavg",), ("digits",))
     two = report.aggregate("a", PRESET, archive, tmp_path / "o2", ("fedavg",), ("digits",))
     assert one == two and "60.00 ± 10.00" in one
+
+
+def test_verdict_of_fedsign_against_each_baseline_and_the_missing_runs(tmp_path):
+    runs = tmp_path / "runs"
+    preset = grid.Preset(datasets=("digits",), alphas=(1.0, 0.5), seeds=(0, 1, 2), convergence_check=True,
+                         common="num-clients=10 num-rounds=2 validation-fraction=0.2")
+    methods = ("fedavg", "fedprox", "fedsign")
+    for alpha in (1.0, 0.5):
+        for seed, acc in enumerate((0.6, 0.7, 0.8)):
+            write_cell(runs, grid.Cell("digits", alpha, "fedavg", seed), [acc] * 3, [acc] * 3)
+    for method, best, accs in (("fedprox", 0.01, (0.71, 0.8, 0.9)), ("fedsign", 0.01, (0.75, 0.86, 0.95))):
+        for value in grid.TUNING_GRIDS[method][1]:  # tuning at alpha 1: ``best`` wins on validation
+            write_cell(runs, grid.Cell("digits", 1.0, method, 0, value), [accs[0]] * 3,
+                       [0.9 if value == best else 0.5] * 3)
+        for seed in (1, 2):
+            write_cell(runs, grid.Cell("digits", 1.0, method, seed, best), [accs[seed]] * 3, [0.5] * 3)
+    for value in grid.TUNING_GRIDS["fedsign"][1]:  # alpha 0.5: FedSign 0.1 selected, seed 2 not run; no FedProx
+        write_cell(runs, grid.Cell("digits", 0.5, "fedsign", 0, value), [0.41] * 3, [0.9 if value == 0.1 else 0.5] * 3)
+    write_cell(runs, grid.Cell("digits", 0.5, "fedsign", 1, 0.1), [0.5] * 3, [0.5] * 3)
+
+    markdown = report.aggregate("v", preset, runs, tmp_path / "out", methods, ("digits",))
+    # +0.15 to +0.16 on every seed: beyond both seed stds (0.10)
+    assert "- digits, α = 1: FedSign beats FedAvg: +15.33 ± 0.58 (p=0.00, beyond seed spread), 3 seeds." in markdown
+    # +0.04 to +0.06 (p = 0.013) but within the seed std: noise at this number of seeds
+    assert "- digits, α = 1: FedSign within noise of FedProx: +5.00 ± 1.00 (p=0.01, within seed spread), 3 seeds." \
+        in markdown
+    assert "- digits, α = 0.5: FedSign loses to FedAvg: -19.50 ± 0.71 (p=0.02, beyond seed spread), 2 seeds." \
+        in markdown
+    assert "- digits, α = 0.5: FedSign against FedProx: not finished yet." in markdown
+    assert "(20 of 28 runs finished; the 8 missing are listed in the last table)" in markdown
+    assert markdown.endswith(
+        "| digits | 0.5 | FedProx | 0 of 5 | tuning at proximal-mu = 0.001, 0.01, 0.1 (seed 0); seeds 1, 2 at the "
+        "value selected on validation once tuning is done |\n"
+        "| digits | 0.5 | FedSign | 4 of 5 | seed 2 at fedsign-gamma = 0.1 |\n"
+        "| digits | 1 | FedAvg (convergence check) | 0 of 1 | seed 0 at 4 rounds |\n"
+        "| digits | 0.5 | FedAvg (convergence check) | 0 of 1 | seed 0 at 4 rounds |\n")
+
+
+def test_the_command_aggregates_a_partial_sweep_and_names_what_is_missing(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed in (0, 1):
+        write_cell(runs, grid.Cell("digits", 0.5, "fedavg", seed), [0.5] * 3, [0.5] * 3)
+    command = [sys.executable, str(ROOT / "benchmarks" / "table1.py"), "--preset", "smoke", "--aggregate-only",
+               "--methods", "fedavg", "fedsign", "--runs", str(runs), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    markdown = (out / "table1_smoke.md").read_text()
+    assert "(2 of 7 runs finished; the 5 missing are listed in the last table)" in markdown
+    assert "| digits | 0.5 | FedSign | 0 of 4 | tuning at fedsign-gamma = 0.001, 0.01, 0.1 (seed 0); seed 1 at the " \
+           "value selected on validation once tuning is done |" in markdown
+    assert "- digits, α = 0.5: FedSign against FedAvg: not finished yet." in markdown

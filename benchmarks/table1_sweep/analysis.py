@@ -9,6 +9,8 @@ from pathlib import Path
 from fedsign.results import read_metrics
 from table1_sweep.grid import FINAL_WINDOW, REPORTED_MODEL, TUNING_GRIDS, Cell, Preset
 
+SIGNIFICANCE = 0.05  # a paired difference with a paired t-test p below this is a verdict, not noise
+
 
 def final_value(history: list[dict], column: str) -> float | None:
     """Mean of ``column`` over a run's last ``FINAL_WINDOW`` evaluations."""
@@ -79,6 +81,41 @@ def paired_difference(row: dict, baseline: dict) -> dict | None:
         spread = max(row["std"] or 0.0, baseline["std"] or 0.0)
         result["beyond_spread"] = abs(result["mean"]) > spread
     return result
+
+
+def verdict(diff: dict) -> str:
+    """A method against a baseline in plain words from their paired difference: "beats" or "loses to" when the
+    paired t-test p is below ``SIGNIFICANCE`` and the mean difference exceeds the seed spread, else "within
+    noise of" (so always on one common seed)."""
+    if diff["p"] is None or diff["p"] >= SIGNIFICANCE or not diff["beyond_spread"]:
+        return "within noise of"
+    return "beats" if diff["mean"] > 0 else "loses to"
+
+
+def missing_runs(finished: dict[Cell, dict], preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]
+                 ) -> list[dict]:
+    """Per (dataset, alpha, method) with runs still to finish: its grid values not yet tuned on the tuning seed,
+    its other seeds not yet run at the selected value (``value``; ``selected`` False while tuning is unfinished,
+    then every other seed is missing), and the counts; then the unfinished convergence checks (``check``)."""
+    selected = select_values(finished, preset, methods, datasets)
+    missing = []
+    for d, a, m in preset.groups(methods, datasets):
+        values = TUNING_GRIDS[m][1] if TUNING_GRIDS[m] else (None,)
+        untuned = [v for v in values if Cell(d, a, m, preset.seeds[0], v) not in finished]
+        others = preset.seeds_of(m)[1:]
+        value = selected.get((d, a, m))
+        seeds = [s for s in others if (d, a, m) not in selected or Cell(d, a, m, s, value) not in finished]
+        if untuned or seeds:
+            total = len(values) + len(others)
+            missing.append({"dataset": d, "alpha": a, "method": m, "check": False, "untuned": untuned,
+                            "seeds": seeds, "selected": (d, a, m) in selected, "value": value,
+                            "finished": total - len(untuned) - len(seeds), "total": total})
+    if preset.convergence_check and "fedavg" in methods:
+        missing += [{"dataset": d, "alpha": a, "method": "fedavg", "check": True, "untuned": [],
+                     "seeds": [preset.seeds[0]], "selected": True, "value": None, "finished": 0, "total": 1}
+                    for d in datasets for a in preset.alphas
+                    if Cell(d, a, "fedavg", preset.seeds[0], None, rounds_factor=2) not in finished]
+    return missing
 
 
 def summarize(finished: dict[Cell, dict], preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...]

@@ -7,7 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
-from table1_sweep.analysis import finished_cells, paired_difference, select_values, summarize
+from table1_sweep.analysis import (SIGNIFICANCE, finished_cells, missing_runs, paired_difference, select_values,
+                                   summarize, verdict)
 from table1_sweep.grid import FINAL_WINDOW, LABELS, TUNING_GRIDS, VARIANTS, Cell, Preset, seed_cells, tuning_cells
 
 
@@ -56,7 +57,8 @@ def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: s
     keys = [(d, a) for d in datasets for a in preset.alphas]
     style = preset.config().partition_style
     parts = [
-        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({len(finished)} of {total} runs finished).\n"
+        f"Command: `python benchmarks/table1.py --preset {preset_name}` ({len(finished)} of {total} runs finished"
+        f"{f'; the {total - len(finished)} missing are listed in the last table' if len(finished) < total else ''}).\n"
         f"Settings: {preset.common}. Dirichlet partition style: **{style}**"
         f"{' (FedRepo: each client draws its class mix)' if style == 'per-client' else ' (NIID-Bench: each class drawn over clients)'}.\n\n"
         f"Test accuracy (%) at the value selected on the validation split (tuning seed {preset.seeds[0]}), mean ± std "
@@ -86,6 +88,8 @@ def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: s
                   "paired t-test p; \"within seed spread\" when |mean| does not exceed the larger of the two methods' "
                   "seed stds (then the difference is noise at this number of seeds).\n",
                   _table(["dataset", "Dir. α", *(LABELS[m] for m in others)], body)]
+    if "fedsign" in methods and len(methods) > 1:
+        parts.append(_verdicts(by_key, keys, methods))
     if "fedsign" in methods:
         variants = [("fedsign", "root4", preset.alphas)] + [
             (v, VARIANTS[v].reduction, preset.reduction_alphas) for v in VARIANTS if preset.reduction_alphas]
@@ -162,7 +166,51 @@ def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: s
         parts += [f"Convergence check (FedAvg, seed {preset.seeds[0]}): test accuracy (%) after {rounds} and "
                   f"{2 * rounds} rounds; converged when within 1 point.\n",
                   _table(["dataset", "Dir. α", f"{rounds} rounds", f"{2 * rounds} rounds", "gain", "converged"], checks)]
+    missing = missing_runs(finished, preset, methods, datasets)
+    if missing:
+        parts.append(_missing_table(missing, preset))
     return "\n".join(parts)
+
+
+def _verdicts(by_key: dict, keys: list[tuple[str, float]], methods: tuple[str, ...]) -> str:
+    """One line per (dataset, alpha) and baseline: FedSign beats / loses to / is within noise of it."""
+    lines = []
+    for d, a in keys:
+        for m in (m for m in methods if m != "fedsign"):
+            row, base = by_key.get((d, a, "fedsign")), by_key.get((d, a, m))
+            diff = paired_difference(row, base) if row and base else None
+            if diff is None:
+                text = f"FedSign against {LABELS[m]}: not finished yet"
+            else:
+                seeds = f", {diff['seeds']} seeds" if diff["seeds"] > 1 else ""
+                text = f"FedSign {verdict(diff)} {LABELS[m]}: {_difference(diff)}{seeds}"
+            lines.append(f"- {d}, α = {a:g}: {text}.")
+    return (f"Verdict: FedSign (γ selected on validation) against each baseline, paired by seed: \"beats\" or "
+            f"\"loses to\" when the paired t-test gives p < {SIGNIFICANCE:g} and the mean difference is beyond the "
+            "seed spread, otherwise \"within noise of\" (always so on one common seed); the difference in accuracy points "
+            "as in the table above.\n\n" + "\n".join(lines) + "\n")
+
+
+def _missing_table(missing: list[dict], preset: Preset) -> str:
+    """The runs a partial sweep still lacks, per (dataset, alpha, method)."""
+    body = []
+    for g in missing:
+        grid = TUNING_GRIDS[g["method"]]
+        if g["check"]:
+            what = f"seed {preset.seeds[0]} at {2 * preset.config().num_rounds} rounds"
+        else:
+            parts = [f"tuning at {grid[0]} = {', '.join(f'{v:g}' for v in g['untuned'])} (seed {preset.seeds[0]})"
+                     if grid else f"seed {preset.seeds[0]}"] if g["untuned"] else []
+            if g["seeds"]:
+                at = ("" if not grid else f" at {grid[0]} = {g['value']:g}" if g["selected"]
+                      else " at the value selected on validation once tuning is done")
+                parts.append(f"seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))}{at}")
+            what = "; ".join(parts)
+        label = f"{LABELS[g['method']]} (convergence check)" if g["check"] else LABELS[g["method"]]
+        body.append([g["dataset"], f"{g['alpha']:g}", label, f"{g['finished']} of {g['total']}", what])
+    return ("Missing runs: what this partial table lacks, per dataset, α and method (rerun the sweep command to "
+            "run them; finished runs are kept).\n\n"
+            + _table(["dataset", "Dir. α", "method", "runs finished", "missing"], body))
 
 
 def aggregate(preset_name: str, preset: Preset, runs: Path, out: Path, methods: tuple[str, ...],
