@@ -16,7 +16,6 @@ again on another GPU) share one sweep without running or deleting each other's c
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from table1_sweep.grid import METHODS, PRESETS  # noqa: E402
 from table1_sweep.report import aggregate  # noqa: E402
-from table1_sweep.sweep import archive_cells, validate_cells, work  # noqa: E402
+from table1_sweep.sweep import archive_cells, run_sweep, validate_cells  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,14 +68,9 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         validate_cells(preset, methods, datasets, data_dirs, runs, args.extra)
-        if args.workers > 1:  # more processes of this same command; each claims cells by lock
-            command = [sys.executable, __file__, *[a for a in (argv if argv is not None else sys.argv[1:])]]
-            workers = [subprocess.Popen([*command, "--workers", "1"]) for _ in range(args.workers - 1)]
-            work(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget)
-            if any(w.wait() for w in workers):
-                sys.exit("error: a worker process failed; rerun the same command to resume")
-        else:
-            work(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget)
+        worker = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--workers", "1"]
+        run_sweep(preset, methods, datasets, data_dirs, runs, args.extra, engine, args.time_budget, args.workers,
+                  worker)
     print(aggregate(args.preset, preset, runs, out, methods, datasets))
     if args.archive:
         archive_cells(runs, Path(args.archive))

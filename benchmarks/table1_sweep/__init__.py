@@ -10,7 +10,8 @@ Protocol (the same for every preset and method):
    reused for seed 0). A seed changes partition, client sampling and initialization together.
 3. **Report**: test accuracy mean +- std over seeds at the selected values, the paired
    difference to FedAvg (same seeds) with its paired t-test p-value, and, for comparison with
-   the paper (which reports the best gamma on test), a "best on test" column from the tuning seed.
+   the paper (which reports the best gamma on test), a "best on test" column from the tuning seed,
+   and a plain verdict of FedSign against each baseline at every alpha.
 
 "Final accuracy" is the mean of a run's last ``FINAL_WINDOW`` evaluations (eval-every rounds
 apart), which damps the round-to-round swing of non-IID training. FedDyn is reported, as its

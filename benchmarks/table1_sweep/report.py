@@ -51,8 +51,9 @@ def _value(row: dict | None, value: float | None) -> str:
 
 def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: str, preset: Preset,
                     methods: tuple[str, ...], datasets: tuple[str, ...], total: int) -> str:
-    """Tables: selected values (paper layout), best-on-test, paired differences to FedAvg, FedSign per gamma,
-    and the convergence check."""
+    """Tables: selected values (paper layout), best-on-test, paired differences to FedAvg, the verdict of FedSign
+    against each baseline, FedSign per gamma and by reduction, FedAvg's cost of heterogeneity, the convergence
+    check, and the runs a partial sweep still lacks."""
     by_key = {(r["dataset"], r["alpha"], r["method"]): r for r in rows}
     keys = [(d, a) for d in datasets for a in preset.alphas]
     style = preset.config().partition_style

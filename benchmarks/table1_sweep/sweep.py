@@ -122,6 +122,16 @@ def work(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], da
     return len(durations)
 
 
+def run_sweep(preset: Preset, methods: tuple[str, ...], datasets: tuple[str, ...], data_dirs: dict[str, str],
+              runs: Path, extra: str, engine: str, time_budget: float, workers: int, worker_command: list[str]) -> None:
+    """``work`` in this process and in ``workers - 1`` more started as ``worker_command`` (the same sweep with one
+    worker), each claiming cells by lock; exit with an error when one of them failed."""
+    others = [subprocess.Popen(worker_command) for _ in range(workers - 1)]
+    work(preset, methods, datasets, data_dirs, runs, extra, engine, time_budget)
+    if any(other.wait() for other in others):
+        sys.exit("error: a worker process failed; rerun the same command to resume")
+
+
 ARCHIVED_FILES = ("metrics.csv", "config.json", "summary.json")
 
 
