@@ -200,11 +200,13 @@ def _missing_table(missing: list[dict], preset: Preset) -> str:
         if g["check"]:
             what = f"seed {preset.seeds[0]} at {2 * preset.config().num_rounds} rounds"
         else:
-            parts = [f"tuning at {grid[0]} = {', '.join(f'{v:g}' for v in g['untuned'])} (seed {preset.seeds[0]})"
-                     if grid else f"seed {preset.seeds[0]}"] if g["untuned"] else []
+            parts = []
+            if g["untuned"]:  # FedAvg (no grid): its tuning run is its seed-0 run
+                parts.append(f"tuning at {grid[0]} = {', '.join(f'{v:g}' for v in g['untuned'])} "
+                             f"(seed {preset.seeds[0]})" if grid else f"seed {preset.seeds[0]}")
             if g["seeds"]:
-                at = ("" if not grid else f" at {grid[0]} = {g['value']:g}" if g["selected"]
-                      else " at the value selected on validation once tuning is done")
+                at = "" if not grid else (f" at {grid[0]} = {g['value']:g}" if g["selected"] else
+                                          " at the value selected on validation once tuning is done")
                 parts.append(f"seed{'s' if len(g['seeds']) > 1 else ''} {', '.join(map(str, g['seeds']))}{at}")
             what = "; ".join(parts)
         label = f"{LABELS[g['method']]} (convergence check)" if g["check"] else LABELS[g["method"]]
