@@ -284,7 +284,7 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
 def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine;
     and the settings it ran (``--extra`` included) in words."""
-    from table1 import PRESETS
+    from table1_sweep.grid import PRESETS
 
     overrides = merge_overrides(PRESETS["cpu-converged"].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
                                 f"num-rounds={args.rounds} eval-every={args.rounds}", args.extra)

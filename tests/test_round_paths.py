@@ -23,7 +23,7 @@ from fedsign.training import EVAL_BATCH_SIZE, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import table1  # noqa: E402
+from table1_sweep.grid import PRESETS as TABLE1_PRESETS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = "dataset='digits' num-clients=4 clients-per-round=4 num-rounds=2 local-epochs=1 seed=5 device='cpu'"
@@ -164,9 +164,9 @@ PINNED = {
 @pytest.mark.requires_dataset("fmnist")
 @pytest.mark.parametrize("strategy", sorted(PINNED))
 def test_pinned_cpu_converged_cell_reproduces(tmp_path, strategy):
-    overrides = merge_overrides(table1.PRESETS["cpu-converged"].common,
-                                       f"dataset='fmnist' dirichlet-alpha=0.5 seed=0 num-rounds=4 eval-every=2 "
-                                       f"strategy='{strategy}' out-dir='{tmp_path / 'cell'}'")
+    overrides = merge_overrides(TABLE1_PRESETS["cpu-converged"].common,
+                                f"dataset='fmnist' dirichlet-alpha=0.5 seed=0 num-rounds=4 eval-every=2 "
+                                f"strategy='{strategy}' out-dir='{tmp_path / 'cell'}'")
     run_inprocess(RunConfig.from_overrides(overrides).resolved(), progress=False)
     rows = read_metrics(tmp_path / "cell")
     loss3, loss4, accuracy, test_loss = PINNED[strategy]

@@ -161,13 +161,13 @@ def test_mlflow_uri_schemes_and_relative_sqlite_paths(tmp_path):
 
 @needs("tensorboard")
 def test_table1_passes_tracking_through_its_extra_overrides(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark_table1_tracking", ROOT / "benchmarks" / "table1.py")
-    table1 = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = table1  # dataclasses look their module up there
-    spec.loader.exec_module(table1)
-    preset = table1.Preset(datasets=("digits",), alphas=(0.5,), seeds=(0,), common=SMALL)
-    cell = table1.Cell("digits", 0.5, "fedavg", 0)
-    table1.run_cell(cell.overrides(preset, {}, tmp_path / cell.name, "tracking='tensorboard'"), "inprocess")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from table1_sweep.grid import Cell, Preset
+    from table1_sweep.sweep import run_cell
+
+    preset = Preset(datasets=("digits",), alphas=(0.5,), seeds=(0,), common=SMALL)
+    cell = Cell("digits", 0.5, "fedavg", 0)
+    run_cell(cell.overrides(preset, {}, tmp_path / cell.name, "tracking='tensorboard'"), "inprocess")
     _, scalars = tensorboard_scalars(tmp_path / cell.name / "tensorboard")
     assert scalars.keys() == metric_values(read_metrics(tmp_path / cell.name)).keys()
     assert sorted(scalars["accuracy"]) == [2, 3]
