@@ -1,9 +1,9 @@
-"""The claim verdicts of benchmarks/landscape_figures.py: rules as their text states them, and CLAIMS.md
+"""The claim verdicts of benchmarks/landscape/claims.py: rules as their text states them, and CLAIMS.md
 exactly what the code writes from the committed numbers (its summaries produced from the verdict rows)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -16,12 +16,9 @@ LANDSCAPE = ROOT / "benchmarks" / "results" / "landscape"
 
 @pytest.fixture(scope="module")
 def lf():
-    spec = importlib.util.spec_from_file_location("benchmark_landscape_figures",
-                                                  ROOT / "benchmarks" / "landscape_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
+    return importlib.import_module("benchmarks.landscape.claims")
 
 
 BASE = 3 / 128  # 3 test images' worth, the BN suite's floor
