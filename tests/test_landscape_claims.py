@@ -4,7 +4,6 @@ exactly what the code writes from the committed numbers (its summaries produced 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -76,9 +75,8 @@ def test_summaries_are_produced_from_the_verdict_rows(lf):
 
 def test_committed_claims_files_are_what_the_code_writes(lf):
     """CLAIMS.md and claims_table.md equal `landscape_figures.py --claims` on the committed numbers."""
-    cnn = json.loads((LANDSCAPE / "numbers.json").read_text())
-    bn_seeds = [json.loads(p.read_text()) for p in sorted(LANDSCAPE.glob("bn*/numbers.json"))]
-    fl = [json.loads(p.read_text()) for p in sorted(LANDSCAPE.glob("fl/*.json"))]
-    assert (LANDSCAPE / "claims_table.md").read_text() == lf.claims_table(lf.claim_rows(cnn, bn_seeds))
-    assert (LANDSCAPE / "CLAIMS.md").read_text() == lf.claims_document(cnn, bn_seeds, fl), \
+    numbers = lf.read_numbers(LANDSCAPE)
+    assert numbers["cnn"] and len(numbers["bn_seeds"]) == 3 and numbers["fl_records"]
+    assert (LANDSCAPE / "claims_table.md").read_text() == lf.claims_table(lf.table_rows(numbers))
+    assert (LANDSCAPE / "CLAIMS.md").read_text() == lf.claims_document(**numbers), \
         "CLAIMS.md is generated: run `python benchmarks/landscape_figures.py --claims`"

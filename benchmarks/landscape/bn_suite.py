@@ -60,13 +60,27 @@ def _asym(record: dict, name: str) -> float:
     return record["curves"][name]["scales"]["1"]["asymmetry"]["error"]["asymmetry"]
 
 
+def interpolation_figure(t: Trained, small: Trained, data: EvalData, points: int, path: Path, title: str,
+                         batch_sizes: tuple[int, int]) -> dict:
+    """Fig. 8: (1 - λ) θ1 + λ θ2 for λ in ``points`` values of [-0.5, 1.5], θ1 = ``small``, θ2 = ``t``."""
+    interp = interpolation(small.model, small.params, t.params, data, buffers1=small.buffers, buffers2=t.buffers,
+                           lambdas=np.linspace(-0.5, 1.5, points), bn=BN, vectorize=False)
+    plots.plot_interpolation(interp, path, names=tuple(f"θ{k} (bs {b})" for k, b in enumerate(batch_sizes, 1)),
+                             title=title)
+    lam = np.asarray(interp["lambdas"])
+    err = np.asarray(interp["error"])
+    return {"error": interp["error"], "lambdas": interp["lambdas"], "ssr": interp["ssr"],
+            "side_mean_error": {"theta1_side": float(err[lam <= 0].mean()),
+                                "theta2_side": float(err[lam >= 1].mean())}}
+
+
 def net_figures(key: str, t: Trained, data: EvalData, scale, seed: int, out: Path, title: str,
-                train_twin: Callable[[], Trained], train_halves: Callable[[dict | None], tuple[Trained, Trained]],
-                batch_sizes: tuple[int, int]) -> dict:
+                train_twin: Callable[[], Trained] | None,
+                train_halves: Callable[[dict | None], tuple[Trained, Trained]], batch_sizes: tuple[int, int]) -> dict:
     """Figs. 3, 4, 5, 8 and 11 for the trained net ``t`` (noise on ALL, NS, s = 1, BN recalibrated), PNGs
     ``fig<k>_<key>.png`` in ``out``, each titled ``Fig. k-style: `` + ``title``. ``scale`` gives
     ``noise_seeds`` (Fig. 3 draws), ``points``, ``ratios``, ``interp_points`` and ``soup_epochs``;
-    ``train_twin()``: θ1 of Fig. 8 (θf's initialization, the smaller batch of ``batch_sizes``);
+    ``train_twin()``: θ1 of Fig. 8 (θf's initialization, the smaller batch of ``batch_sizes``; None: no Fig. 8);
     ``train_halves(start)``: the two Fig. 11 models from ``start`` (None: θf's initialization)."""
     res: dict = {"test_accuracy": accuracy(t, data), "train_seconds": t.seconds}
     names = select_parameters(t.model, "ALL")
@@ -91,18 +105,9 @@ def net_figures(key: str, t: Trained, data: EvalData, scale, seed: int, out: Pat
                        "Fig. 5-style: " + title)
     res["fig5"] = {name: _asym(record, name) for name in record["curves"]}
     res["fig5_record"] = record
-    # Fig. 8: the same init trained with a small batch (theta_1) vs theta_f (theta_2)
-    small = train_twin()
-    interp = interpolation(small.model, small.params, t.params, data, buffers1=small.buffers, buffers2=t.buffers,
-                           lambdas=np.linspace(-0.5, 1.5, scale.interp_points), bn=BN, vectorize=False)
-    plots.plot_interpolation(interp, out / f"fig8_{key}.png", names=tuple(f"θ{k} (bs {b})" for k, b in
-                                                                          enumerate(batch_sizes, 1)),
-                             title="Fig. 8-style: " + title)
-    lam = np.asarray(interp["lambdas"])
-    err = np.asarray(interp["error"])
-    res["fig8"] = {"error": interp["error"], "lambdas": interp["lambdas"], "ssr": interp["ssr"],
-                   "side_mean_error": {"theta1_side": float(err[lam <= 0].mean()),
-                                       "theta2_side": float(err[lam >= 1].mean())}}
+    if train_twin is not None:  # Fig. 8: the same init trained with a small batch (theta_1) vs theta_f (theta_2)
+        res["fig8"] = interpolation_figure(t, train_twin(), data, scale.interp_points, out / f"fig8_{key}.png",
+                                           "Fig. 8-style: " + title, batch_sizes)
     # Fig. 11: two halves, from the seeded init vs from theta_f
     res["fig11"] = {}
     for arm, start in (("random_init", None), ("pretrained", {**t.params, **t.buffers})):

@@ -12,6 +12,7 @@ from fedsign.landscape import DIRECTION_SETS, plots
 
 from .bn_suite import BN_SGD, BN_SMALL_BATCH
 from .common import FIG7_FILTER_1D, FIG7_SCALES, NETS
+from .trained_suite import DATASET_TITLES
 
 CLAIM_TEXT = {
     "C1": "sign-consistent noise ⇒ flatter positive side (all 7 noises)",
@@ -112,8 +113,10 @@ def _c6(runs: list[dict], base: float) -> tuple[str, str]:
 
 
 def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
-    """C5 per noise group (BN, ALL): (measured, verdict)."""
+    """C5 per noise group (BN, ALL): (measured, verdict); none without runs."""
     out = []
+    if not runs:
+        return out
     for group in ("BN", "ALL"):
         stat = {(i, n): Stat([r[i]["asymmetry"][group][n] for r in runs], base)
                 for i in runs[0] for n in ("ns", "filter")}
@@ -178,7 +181,10 @@ def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tu
                                                                                            f5[k].negative))]
     rows.append(("C4", label, f"asym {_joined(f5.values())} ({hits}/6 as predicted)",
                  "holds" if hits == 6 else f"contradicted ({', '.join(wrong)})" if wrong else "within noise"))
-    rows.append(("C6", label, *_c6([r["fig8"] for r in runs], base)))
+    fig8 = [r["fig8"] for r in runs if "fig8" in r]  # the trained suite: the first seeds only
+    if fig8:
+        text, verdict = _c6(fig8, base)
+        rows.append(("C6", label, _subset(len(fig8), len(runs)) + text, verdict))
     if runs[0].get("fig11"):
         arm = {(a, k): Stat([r["fig11"][a][k] for r in runs], base) for a in ("random_init", "pretrained")
                for k in ("ssr_ab", "gap")}
@@ -188,9 +194,13 @@ def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tu
         rows.append(("C7", label, f"random init: SSR-AB {arm['random_init', 'ssr_ab'].mean:.4f}, gap "
                                   f"{arm['random_init', 'gap']}; pre-trained: SSR-AB "
                                   f"{arm['pretrained', 'ssr_ab'].mean:.4f}, gap {arm['pretrained', 'gap']}", verdict))
-    if runs[0].get("fig7"):
-        rows += [("C5", label, *row) for row in _fig7_rows([r["fig7"] for r in runs], base)]
+    fig7 = [r["fig7"] for r in runs if r.get("fig7")]
+    rows += [("C5", label, _subset(len(fig7), len(runs)) + text, verdict) for text, verdict in _fig7_rows(fig7, base)]
     return rows
+
+
+def _subset(measured: int, seeds: int) -> str:
+    return "" if measured == seeds else f"{measured} of {seeds} seeds, "
 
 
 def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, str, str]]:
@@ -222,6 +232,21 @@ def claim_rows(cnn: dict | None, bn_seeds: list[dict]) -> list[tuple[str, str, s
     return sorted(rows, key=lambda row: row[0])
 
 
+def trained_rows(trained: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(claim, network, measured, verdict) rows of the trained suite: one network per dataset over its seeds,
+    the noise floor 3 test images' worth of its test size."""
+    rows: list[tuple[str, str, str, str]] = []
+    for dataset in dict.fromkeys(n["dataset"] for n in trained):
+        seeds = [n for n in trained if n["dataset"] == dataset]
+        scale = seeds[0]["scale"]
+        for key in dict.fromkeys(k for n in seeds for k in n["nets"]):
+            runs = [n["nets"][key] for n in seeds if key in n["nets"]]
+            acc = np.mean([r["network"]["test_accuracy"] for r in runs])
+            rows += net_rows(f"{key} ({DATASET_TITLES[dataset]}, trained, test acc {acc:.3f}; {len(runs)} seeds × "
+                             f"{scale['noise_seeds']} draws)", runs, 3 / scale["test_samples"], has_bn=NETS[key][1])
+    return sorted(rows, key=lambda row: row[0])
+
+
 def claims_table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = ["| claim | network | measured: error asymmetry, mean (± SE over seeds) | verdict |", "|---|---|---|---|"]
     lines += [f"| {c}: {CLAIM_TEXT[c]} | {net} | {text} | **{verdict}** |" for c, net, text, verdict in rows]
@@ -231,7 +256,7 @@ def claims_table(rows: list[tuple[str, str, str, str]]) -> str:
 def _row_name(network: str, measured: str) -> str:
     """A verdict row's network in a summary: 'resnet20 (CIFAR-10)', 'cnn (MNIST)', plus the noise group of C5."""
     name, _, detail = network.partition(" (")
-    data = next((d for d in ("MNIST", "CIFAR-10", "sklearn digits") if d in detail), "")
+    data = next((d for d in ("Fashion-MNIST", "MNIST", "CIFAR-10", "sklearn digits", "digits") if d in detail), "")
     group = measured.split(":")[0] if measured.startswith("noise on ") else ""
     return name + (f" ({data})" if data else "") + (f", {group}" if group else "")
 
@@ -254,6 +279,42 @@ def claim_summaries(rows: list[tuple[str, str, str, str]]) -> list[str]:
 def _mean_accuracy(bn_seeds: list[dict]) -> dict[str, float]:
     return {key: float(np.mean([n["nets"][key]["test_accuracy"] for n in bn_seeds if key in n["nets"]]))
             for key in bn_seeds[0]["nets"]}
+
+
+def trained_description(trained: list[dict]) -> list[str]:
+    """'What was run' for the trained suite, read from its numbers.json files (or that there are none yet)."""
+    if not trained:
+        return ["**Trained networks**: no numbers yet. `benchmarks/landscape_figures.py --suite trained` "
+                "(benchmarks/README.md) trains resnet20, vgg8_bn and their BN-free twins to convergence and writes "
+                "`trained/<dataset>-seed<k>/numbers.json`; until then every verdict below is on the reduced-scale "
+                "networks described next, the BN ones near chance.", ""]
+    sc = trained[0]["scale"]
+    sgd = sc["sgd"]
+    nets = []
+    for dataset in dict.fromkeys(n["dataset"] for n in trained):
+        seeds = [n for n in trained if n["dataset"] == dataset]
+        for key in dict.fromkeys(k for n in seeds for k in n["nets"]):
+            metas = [n["nets"][key]["network"] for n in seeds if key in n["nets"]]
+            nets.append(f"{key} on {DATASET_TITLES[dataset]} {np.mean([m['test_accuracy'] for m in metas]):.3f} "
+                        f"({metas[0]['epochs']} epochs, seeds {', '.join(str(m['seed']) for m in metas)}, "
+                        f"{np.mean([m['train_seconds'] for m in metas]) / 60:.0f} min of "
+                        f"{metas[0]['torch_threads']} torch thread(s) each)")
+    extra = f"the first {sc['extra_seeds']} seed(s) of each network"
+    return [
+        f"**Trained suite** (`benchmarks/landscape_figures.py --suite trained`, in `trained/<dataset>-seed<k>/`, "
+        f"weights cached outside git): every network trained on its full training split through `train_local`, "
+        f"SGD batch {sgd['batch_size']}, momentum {sgd['momentum']}, weight decay {sgd['weight_decay']}, lr "
+        f"{sgd['lr']} on a {sgd['lr_schedule']} schedule over the epochs (the paper's A.3). Test accuracy (full "
+        f"test set, mean over seeds): " + "; ".join(nets) + f". Every point is evaluated on "
+        f"{sc['test_samples']:,} seeded test images with BN statistics recalibrated on {sc['recal_samples']:,} "
+        f"training images. Valleys: noise on ALL parameters, NS-normalized, s = 1, {sc['points']} λ points in "
+        f"[−1, 1]; Fig. 3 {sc['noise_seeds']} noise draws per model; Fig. 4 r ∈ "
+        f"{{{', '.join(f'{r:g}' for r in sc['ratios'])}}}; Fig. 8 θ1 trained with batch {sc['small_batch']} on "
+        f"{extra}, θ2 = θf; Fig. 11 the two halves of the training split, {sc['soup_epochs']} epoch(s) at lr "
+        f"{sc['soup_lr']:g} from θ0 and from θf; Fig. 7 on {', '.join(sc['fig7_nets'])} ({extra}): BN weights "
+        f"initialized to ones, U(0,1), G(0,0.1), each trained like θf.",
+        "",
+    ]
 
 
 def run_description(cnn: dict | None, bn_seeds: list[dict]) -> list[str]:
@@ -342,11 +403,24 @@ from the rows. Nothing here is typed by hand; edit the code, not this file.
 """
 
 
-def claims_document(cnn: dict | None, bn_seeds: list[dict], fl_records: list[dict]) -> str:
+REDUCED_SCALE_NOTE = ("These are the reduced-scale runs: the BN suite's CIFAR-10 networks are near chance and the "
+                      "MNIST cnn suite is small; they are kept for comparison, and the verdicts above, on trained "
+                      "networks, are the ones that speak to the paper.")
+
+
+def claims_document(cnn: dict | None, bn_seeds: list[dict], fl_records: list[dict], trained: list[dict]) -> str:
+    """CLAIMS.md: the trained suite's verdicts first (when it has numbers), then the reduced-scale ones."""
     rows = claim_rows(cnn, bn_seeds)
-    lines = [CLAIMS_HEADER, "## What was run", "", *run_description(cnn, bn_seeds), "## Rules", "",
-             *(f"* {rule}" for rule in NOISE_RULES), *(f"* {c}: {rule}" for c, rule in RULES.items()), "",
-             "## Verdicts", "", claims_table(rows), "## Reading", "", *claim_summaries(rows), ""]
+    lines = [CLAIMS_HEADER, "## What was run", "", *trained_description(trained), *run_description(cnn, bn_seeds),
+             "## Rules", "", *(f"* {rule}" for rule in NOISE_RULES), *(f"* {c}: {rule}" for c, rule in RULES.items()),
+             ""]
+    if trained:
+        first = trained_rows(trained)
+        lines += ["## Verdicts on trained networks", "", claims_table(first), "### Reading", "",
+                  *claim_summaries(first), "", "## Verdicts at reduced scale (near-chance BN networks)", "",
+                  REDUCED_SCALE_NOTE, "", claims_table(rows), "### Reading", "", *claim_summaries(rows), ""]
+    else:
+        lines += ["## Verdicts", "", claims_table(rows), "## Reading", "", *claim_summaries(rows), ""]
     if bn_seeds:
         arms = [n["nets"][k]["fig11"][a]["ssr_ab"] for n in bn_seeds for k in n["nets"]
                 for a in ("random_init", "pretrained")]
@@ -360,19 +434,32 @@ def claims_document(cnn: dict | None, bn_seeds: list[dict], fl_records: list[dic
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_claims(out: Path) -> Path:
-    """``claims_table.md`` and ``CLAIMS.md`` (:func:`claims_document`) from ``numbers.json`` (cnn suite), every
-    ``bn*/numbers.json`` (BN suite, one per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others) and
-    ``fl/*.json``, and each seed's Fig. 11 PNG."""
+def read_numbers(out: Path) -> dict:
+    """The suites' numbers in ``out``: ``numbers.json`` (cnn suite), every ``bn*/numbers.json`` (BN suite, one
+    per seed: ``bn`` for seed 0, ``bn-seed<k>`` for the others), ``trained/*/numbers.json`` (trained suite) and
+    ``fl/*.json``, as :func:`claims_document`'s arguments."""
     cnn_path = out / "numbers.json"
-    cnn = json.loads(cnn_path.read_text()) if cnn_path.is_file() else None
-    bn_paths = sorted(out.glob("bn*/numbers.json"))
-    bn_seeds = [json.loads(p.read_text()) for p in bn_paths]
-    fl_records = [json.loads(p.read_text()) for p in sorted(out.glob("fl/*.json"))]
-    (out / "claims_table.md").write_text(claims_table(claim_rows(cnn, bn_seeds)))
+    return {"cnn": json.loads(cnn_path.read_text()) if cnn_path.is_file() else None,
+            "bn_seeds": [json.loads(p.read_text()) for p in sorted(out.glob("bn*/numbers.json"))],
+            "fl_records": [json.loads(p.read_text()) for p in sorted(out.glob("fl/*.json"))],
+            "trained": [json.loads(p.read_text()) for p in sorted(out.glob("trained/*/numbers.json"))]}
+
+
+def table_rows(numbers: dict) -> list[tuple[str, str, str, str]]:
+    """claims_table.md's rows: the trained suite's first, then the reduced-scale ones."""
+    return trained_rows(numbers["trained"]) + claim_rows(numbers["cnn"], numbers["bn_seeds"])
+
+
+def write_claims(out: Path) -> Path:
+    """``claims_table.md`` and ``CLAIMS.md`` (:func:`claims_document`) from :func:`read_numbers`, and the Fig. 11
+    PNG of every BN-suite and trained-suite folder."""
+    numbers = read_numbers(out)
+    (out / "claims_table.md").write_text(claims_table(table_rows(numbers)))
     path = out / "CLAIMS.md"
-    path.write_text(claims_document(cnn, bn_seeds, fl_records))
-    for numbers_path in bn_paths:  # Fig. 11 of the BN suite, drawn from its numbers
-        plots.plot_soup_arms(json.loads(numbers_path.read_text())["nets"], numbers_path.parent / "fig11_soups.png",
-                             "Fig. 11-style on CIFAR-10: two halves from a random init vs from a pre-trained θf")
+    path.write_text(claims_document(**numbers))
+    for numbers_path in sorted(out.glob("bn*/numbers.json")) + sorted(out.glob("trained/*/numbers.json")):
+        record = json.loads(numbers_path.read_text())  # Fig. 11, drawn from the numbers
+        where = f"{DATASET_TITLES[record['dataset']]}, trained networks" if "dataset" in record else "CIFAR-10"
+        plots.plot_soup_arms(record["nets"], numbers_path.parent / "fig11_soups.png",
+                             f"Fig. 11-style on {where}: two halves from a random init vs from a pre-trained θf")
     return path
