@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke version (~2 min); default out runs/")
     parser.add_argument("--out", default="", help=f"output folder (default {OUT.relative_to(ROOT)})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default="", help="MNIST (cnn suite) or CIFAR-10 (bn suite) location "
+    parser.add_argument("--data-dir", default="", help="MNIST (cnn suite) or CIFAR-10 (bn suite) location; "
+                                                       "--suite trained: NAME=PATH[,NAME=PATH] (fmnist, cifar10) "
                                                        "(default: the dataset's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--train-samples", type=int, help="cnn training images (Figs. 3-5, 8)")
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.suite == "trained" and any(v is not None and v < 1 for v in (args.test_samples, args.recal_samples,
                                                                          args.draws, args.points)):
         parser.error("--test-samples, --recal-samples, --draws and --points must be positive")
+    if args.suite == "trained" and args.data_dir and not all("=" in d for d in args.data_dir.split(",")):
+        parser.error("--suite trained: --data-dir takes NAME=PATH pairs, e.g. cifar10=../shared/data/cifar10-jpeg.tar.gz")
     return args
 
 
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         bn_suite.run(args)
     elif args.suite == "trained":
         done = trained_suite.run_suite(trained_scale(args), Path(args.out) if args.out else trained_suite.TRAINED_OUT,
-                                       Path(args.cache_dir), time_budget=args.time_budget, threads=args.threads)
+                                       Path(args.cache_dir), time_budget=args.time_budget, threads=args.threads,
+                                       data_dirs=dict(d.split("=", 1) for d in args.data_dir.split(",") if d))
         print(f"trained {len(done['trained'])}, analysed {len(done['analysed'])} networks"
               + (f"; stopped: {done['stopped']}" if done["stopped"] else "; the suite is complete")
               + "\nrun `benchmarks/landscape_figures.py --claims` to regenerate CLAIMS.md")

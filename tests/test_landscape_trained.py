@@ -30,7 +30,7 @@ TINY = trained_suite.TrainedScale(
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    done = trained_suite.run_suite(TINY, root / "out", root / "cache", log=lambda _: None)
+    done = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
     return root, done
 
 
@@ -42,10 +42,10 @@ def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
         "resnet20-seed0-bngaussian"))
     assert done["analysed"] == ["digits/cnn-seed0", "digits/resnet20-seed0"]
     assert len(list((root / "cache" / "digits").glob("*.safetensors"))) == 6
-    networks = json.loads((root / "out" / "networks.json").read_text())
+    networks = json.loads((root / "landscape" / "trained" / "networks.json").read_text())
     assert networks["digits/resnet20-seed0"]["settings"]["lr_schedule"] == "cosine"
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in networks.values())
-    numbers = json.loads((root / "out" / "digits-seed0" / "numbers.json").read_text())
+    numbers = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())
     assert numbers["data"]["test"] == "60 seeded test images"  # test_samples
     assert numbers["data"]["recal"] == "40 seeded training images"  # recal_samples
     for net in ("cnn", "resnet20"):
@@ -58,19 +58,19 @@ def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
         assert res["network"] == networks[f"digits/{net}-seed0"]
     assert set(numbers["nets"]["resnet20"]["fig7"]) == {"ones", "uniform", "gaussian"}
     assert "fig7" not in numbers["nets"]["cnn"]  # no BN
-    pngs = {p.name for p in (root / "out" / "digits-seed0").glob("*.png")}
+    pngs = {p.name for p in (root / "landscape" / "trained" / "digits-seed0").glob("*.png")}
     assert {"fig3_cnn.png", "fig4_cnn.png", "fig5_cnn.png", "fig8_cnn.png", "fig7_resnet20.png"} <= pngs
 
 
 def test_second_run_trains_and_analyses_nothing_and_a_lost_analysis_reuses_the_cache(first_run):
     root, _ = first_run
-    again = trained_suite.run_suite(TINY, root / "out", root / "cache", log=lambda _: None)
+    again = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
     assert again == {"trained": [], "analysed": [], "stopped": None}
-    numbers_path = root / "out" / "digits-seed0" / "numbers.json"
+    numbers_path = root / "landscape" / "trained" / "digits-seed0" / "numbers.json"
     before = json.loads(numbers_path.read_text())
     lost = {**before, "nets": {"resnet20": before["nets"]["resnet20"]}}  # as if stopped before cnn's analysis
     numbers_path.write_text(json.dumps(lost))
-    redo = trained_suite.run_suite(TINY, root / "out", root / "cache", log=lambda _: None)
+    redo = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
     assert redo == {"trained": [], "analysed": ["digits/cnn-seed0"], "stopped": None}
     after = json.loads(numbers_path.read_text())
     assert after["nets"]["cnn"]["fig3"] == before["nets"]["cnn"]["fig3"]  # the same cached weights
@@ -83,12 +83,16 @@ def test_time_budget_stops_before_any_training_and_other_scales_are_refused(firs
     assert done["trained"] == [] and done["stopped"].startswith("time budget of 0 s spent before training")
     assert not (tmp_path / "cache").exists()
     with pytest.raises(trained_suite.SuiteError, match="holds numbers of another scale; pass another --out"):
-        trained_suite.run_suite(replace(TINY, points=5), root / "out", root / "cache", log=lambda _: None)
+        trained_suite.run_suite(replace(TINY, points=5), root / "landscape" / "trained", root / "cache", log=lambda _: None)
 
 
 def test_claims_put_the_trained_verdicts_first(first_run):
     root, _ = first_run
-    trained = [json.loads((root / "out" / "digits-seed0" / "numbers.json").read_text())]
+    claims.write_claims(root / "landscape")
+    written = (root / "landscape" / "CLAIMS.md").read_text()
+    assert "## Verdicts on trained networks" in written and "| C1: " in (root / "landscape" / "claims_table.md").read_text()
+    assert (root / "landscape" / "trained" / "digits-seed0" / "fig11_soups.png").is_file()
+    trained = [json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())]
     rows = claims.trained_rows(trained)
     assert {c for c, *_ in rows} == {"C1", "C2", "C3", "C4", "C5", "C6", "C7"}
     assert all("(digits, trained, test acc" in net for _, net, *_ in rows)
@@ -112,5 +116,6 @@ def test_cli_options_set_the_trained_scale():
     default = trained_suite.TRAINED
     assert default.test_samples >= 2000 and default.recal_samples >= 1000 and default.noise_seeds >= 5
     assert default.points >= 9 and all(len(g.seeds) >= 2 for g in default.groups if g.dataset == "fmnist")
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--suite", "trained", "--draws", "0"])
+    for bad in (["--draws", "0"], ["--data-dir", "/somewhere"], ["--nets", "vgg11"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--suite", "trained", *bad])

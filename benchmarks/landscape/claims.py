@@ -299,7 +299,8 @@ def trained_description(trained: list[dict]) -> list[str]:
                         f"({metas[0]['epochs']} epochs, seeds {', '.join(str(m['seed']) for m in metas)}, "
                         f"{np.mean([m['train_seconds'] for m in metas]) / 60:.0f} min of "
                         f"{metas[0]['torch_threads']} torch thread(s) each)")
-    extra = f"the first {sc['extra_seeds']} seed(s) of each network"
+    extra = "the first " + ", ".join(f"{g['extra_seeds']} {DATASET_TITLES[g['dataset']]}" for g in sc["groups"]) + \
+        " seed(s) of each network"
     return [
         f"**Trained suite** (`benchmarks/landscape_figures.py --suite trained`, in `trained/<dataset>-seed<k>/`, "
         f"weights cached outside git): every network trained on its full training split through `train_local`, "
@@ -459,7 +460,10 @@ def write_claims(out: Path) -> Path:
     path.write_text(claims_document(**numbers))
     for numbers_path in sorted(out.glob("bn*/numbers.json")) + sorted(out.glob("trained/*/numbers.json")):
         record = json.loads(numbers_path.read_text())  # Fig. 11, drawn from the numbers
-        where = f"{DATASET_TITLES[record['dataset']]}, trained networks" if "dataset" in record else "CIFAR-10"
-        plots.plot_soup_arms(record["nets"], numbers_path.parent / "fig11_soups.png",
+        nets, where = record["nets"], "CIFAR-10"
+        if "dataset" in record:  # the trained suite: each panel titled with its network's test accuracy
+            nets = {f"{k} (test acc {v['network']['test_accuracy']:.3f})": v for k, v in nets.items()}
+            where = f"{DATASET_TITLES[record['dataset']]}, trained networks"
+        plots.plot_soup_arms(nets, numbers_path.parent / "fig11_soups.png",
                              f"Fig. 11-style on {where}: two halves from a random init vs from a pre-trained θf")
     return path

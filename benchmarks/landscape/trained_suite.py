@@ -43,12 +43,14 @@ PAPER_SGD = TrainSettings(epochs=1, batch_size=256, lr=0.03, momentum=0.9, weigh
 @dataclass(frozen=True)
 class Group:
     """Networks trained alike: ``nets`` (keys of NETS) on ``dataset``'s full training split, each for every
-    seed of ``seeds``, ``epochs`` epochs."""
+    seed of ``seeds``, ``epochs`` epochs; the first ``extra_seeds`` seeds also get Fig. 8's θ1 and, for the
+    scale's ``fig7_nets``, Fig. 7's BN-weight inits (each one more network to train)."""
 
     dataset: str
     nets: tuple[str, ...]
     seeds: tuple[int, ...]
     epochs: int
+    extra_seeds: int = 1
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,12 @@ class TrainedScale:
     small_batch: int = 64  # Fig. 8's θ1 (θ2: sgd.batch_size)
     soup_epochs: int = 1  # Fig. 11: each half of the training split, from θ0 and from θf
     soup_lr: float = 0.01
-    extra_seeds: int = 1  # the first seeds of a group also get Fig. 8's θ1 and Fig. 7's BN-weight inits
     fig7_nets: tuple[str, ...] = ("resnet20",)
 
 
 FMNIST_NETS = ("resnet20", "resnet20-nobn", "vgg8_bn", "vgg8")
-TRAINED = TrainedScale(groups=(Group("fmnist", FMNIST_NETS, (0, 1), 10), Group("cifar10", ("resnet20",), (0,), 30)))
+TRAINED = TrainedScale(groups=(Group("fmnist", FMNIST_NETS, (0, 1), 10),
+                               Group("cifar10", ("resnet20",), (0,), 30, extra_seeds=0)))
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,11 @@ class Cache:
 
 
 def jobs_for(group: Group, net: str, seed: int, scale: TrainedScale) -> dict[str, Job]:
-    """The networks one analysis needs: ``main`` (θf), and on the first ``extra_seeds`` seeds ``twin``
+    """The networks one analysis needs: ``main`` (θf), and on the group's first ``extra_seeds`` seeds ``twin``
     (Fig. 8's θ1) and, for ``fig7_nets``, the ``uniform`` / ``gaussian`` BN-weight inits (Fig. 7)."""
     sgd = replace(scale.sgd, epochs=group.epochs)
     jobs = {"main": Job(group.dataset, net, seed, sgd)}
-    if seed in group.seeds[:scale.extra_seeds]:
+    if seed in group.seeds[:group.extra_seeds]:
         jobs["twin"] = Job(group.dataset, net, seed, replace(sgd, batch_size=scale.small_batch))
         if net in scale.fig7_nets and NETS[net][1]:
             jobs.update({init: Job(group.dataset, net, seed, sgd, init) for init in ("uniform", "gaussian")})
