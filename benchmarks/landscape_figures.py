@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                          args.draws, args.points)):
         parser.error("--test-samples, --recal-samples, --draws and --points must be positive")
     if args.suite == "trained" and args.data_dir and not all("=" in d for d in args.data_dir.split(",")):
-        parser.error("--suite trained: --data-dir takes NAME=PATH pairs, e.g. cifar10=../shared/data/cifar10-jpeg.tar.gz")
+        parser.error("--suite trained: --data-dir takes NAME=PATH pairs, e.g. "
+                     "cifar10=../shared/data/cifar10-jpeg.tar.gz")
     return args
 
 

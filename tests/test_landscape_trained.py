@@ -83,14 +83,16 @@ def test_time_budget_stops_before_any_training_and_other_scales_are_refused(firs
     assert done["trained"] == [] and done["stopped"].startswith("time budget of 0 s spent before training")
     assert not (tmp_path / "cache").exists()
     with pytest.raises(trained_suite.SuiteError, match="holds numbers of another scale; pass another --out"):
-        trained_suite.run_suite(replace(TINY, points=5), root / "landscape" / "trained", root / "cache", log=lambda _: None)
+        trained_suite.run_suite(replace(TINY, points=5), root / "landscape" / "trained", root / "cache",
+                                log=lambda _: None)
 
 
 def test_claims_put_the_trained_verdicts_first(first_run):
     root, _ = first_run
     claims.write_claims(root / "landscape")
     written = (root / "landscape" / "CLAIMS.md").read_text()
-    assert "## Verdicts on trained networks" in written and "| C1: " in (root / "landscape" / "claims_table.md").read_text()
+    assert "## Verdicts on trained networks" in written
+    assert "| C1: " in (root / "landscape" / "claims_table.md").read_text()
     assert (root / "landscape" / "trained" / "digits-seed0" / "fig11_soups.png").is_file()
     trained = [json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())]
     rows = claims.trained_rows(trained)

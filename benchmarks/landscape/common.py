@@ -110,9 +110,11 @@ def curve_options(t: Trained, points: int) -> dict:
 
 
 def bn_init_figure(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int,
-                   data: EvalData, points: int, seed: int, path: Path, title: str, trained: dict[str, Trained] | None = None) -> dict:
+                   data: EvalData, points: int, seed: int, path: Path, title: str,
+                   trained: dict[str, Trained] | None = None) -> dict:
     """Fig. 7 for BN net ``key``: BN weights initialized to ones, U(0,1) and G(0,0.1), each trained on
-    ``(x, y)`` unless ``trained`` holds it already (init -> model); {0,1} noise on BN (s = 1) and on ALL (s = 0.2), NS and Filter-NS (1-D rule per
+    ``(x, y)`` unless ``trained`` holds it already (init -> model); {0,1} noise on BN (s = 1) and on ALL
+    (s = 0.2), NS and Filter-NS (1-D rule per
     :data:`FIG7_FILTER_1D`). The paper explains the asymmetry by the noise agreeing in sign with
     all-positive BN weights."""
     trained = trained or {}

@@ -101,7 +101,8 @@ def check_scale(scale: TrainedScale) -> None:
     if unknown:
         raise SuiteError(f"unknown network {unknown[0]!r}; use one of {', '.join(NETS)}")
     if scale.test_samples < 1 or scale.recal_samples < 1 or scale.noise_seeds < 1 or scale.points < 3:
-        raise SuiteError("the trained suite needs ≥ 1 test and recalibration image, ≥ 1 noise draw and ≥ 3 λ points")
+        raise SuiteError("the trained suite needs ≥ 1 test and recalibration image, ≥ 1 noise draw and "
+                         "≥ 3 λ points")
 
 
 def check_out(out: Path, scale: TrainedScale) -> None:
@@ -194,7 +195,7 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                 dataset = dataset or load_dataset(group.dataset, (data_dirs or {}).get(group.dataset))
                 spec = dataset.spec
                 jobs = jobs_for(group, net, seed, scale)
-                for role, job in jobs.items():
+                for job in jobs.values():
                     if cache.has(job):
                         continue
                     if over_budget(f"training {group.dataset}/{job.name(scale)}"):
@@ -211,34 +212,9 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                     data = prepare_data(dataset.test_x, dataset.test_y, make_batch_transform(spec, train=False),
                                         dataset.train_x, test_samples=scale.test_samples,
                                         recal_samples=scale.recal_samples, seed=seed)
-                if numbers is None:
-                    numbers = {**run_header(seed, threads, scale), "dataset": group.dataset, "scale_s": 1.0,
-                               "fig7_scales": FIG7_SCALES, "fig7_filter_1d": FIG7_FILTER_1D,
-                               "data": {"train": f"the full {DATASET_TITLES[group.dataset]} training split "
-                                                 f"({len(dataset.train_x)} images)",
-                                        "test": f"{len(data.x)} seeded test images",
-                                        "recal": f"{len(data.recal_x)} seeded training images"},
-                               "nets": {}, "seconds": {}}
+                numbers = numbers or numbers_header(scale, group.dataset, seed, threads, dataset, data)
                 trained = {role: cache.load(job, spec) for role, job in jobs.items()}
-                t, meta = trained["main"]
-                title = (f"{net} on {DATASET_TITLES[group.dataset]}, trained {group.epochs} epochs "
-                         f"(test acc {meta['test_accuracy']:.3f})")
-                soup = replace(scale.sgd, lr=scale.soup_lr)
-
-                def halves(begin_state, net=net):
-                    return tuple(train_model(net, spec, dataset.train_x[half], dataset.train_y[half].long(), soup,
-                                             scale.soup_epochs, seed, start=begin_state)
-                                 for half in split_halves(len(dataset.train_x), seed))
-
-                twin = (lambda: trained["twin"][0]) if "twin" in trained else None
-                res = net_figures(net, t, data, scale, seed, folder, title, twin, halves,
-                                  (scale.small_batch, scale.sgd.batch_size))
-                res["network"] = meta
-                if "uniform" in trained:
-                    res["fig7"] = bn_init_figure(
-                        net, spec, dataset.train_x, dataset.train_y.long(), scale.sgd, group.epochs, data,
-                        scale.points, seed, folder / f"fig7_{net}.png", f"Fig. 7-style: {title}, BN weight init",
-                        trained={init: trained[init][0] for init in ("uniform", "gaussian")} | {"ones": t})
+                res = analyse(net, group, seed, trained, dataset, data, scale, folder)
                 numbers["nets"][net] = res
                 numbers["seconds"][net] = time.perf_counter() - start
                 write_record(folder, "numbers", numbers)
@@ -247,6 +223,42 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                     f"in {numbers['seconds'][net]:.0f} s")
     write_networks(out, cache)
     return done
+
+
+def numbers_header(scale: TrainedScale, dataset_name: str, seed: int, threads: int, dataset, data) -> dict:
+    """A new ``numbers.json`` of one dataset and seed (the BN suite's keys), before any network."""
+    return {**run_header(seed, threads, scale), "dataset": dataset_name, "scale_s": 1.0,
+            "fig7_scales": FIG7_SCALES, "fig7_filter_1d": FIG7_FILTER_1D,
+            "data": {"train": f"the full {DATASET_TITLES[dataset_name]} training split ({len(dataset.train_x)} images)",
+                     "test": f"{len(data.x)} seeded test images",
+                     "recal": f"{len(data.recal_x)} seeded training images"},
+            "nets": {}, "seconds": {}}
+
+
+def analyse(net: str, group: Group, seed: int, trained: dict[str, tuple[Trained, dict]], dataset, data,
+            scale: TrainedScale, folder: Path) -> dict:
+    """Figs. 3, 4, 5, 8, 11 (and 7) of network ``net`` from its trained networks (role -> (model, JSON), see
+    :func:`jobs_for`); PNGs in ``folder``, titled with network, dataset and test accuracy."""
+    spec = dataset.spec
+    t, meta = trained["main"]
+    title = (f"{net} on {DATASET_TITLES[group.dataset]}, trained {group.epochs} epochs "
+             f"(test acc {meta['test_accuracy']:.3f})")
+    soup = replace(scale.sgd, lr=scale.soup_lr)
+
+    def halves(start):
+        return tuple(train_model(net, spec, dataset.train_x[half], dataset.train_y[half].long(), soup,
+                                 scale.soup_epochs, seed, start=start)
+                     for half in split_halves(len(dataset.train_x), seed))
+
+    twin = (lambda: trained["twin"][0]) if "twin" in trained else None
+    res = net_figures(net, t, data, scale, seed, folder, title, twin, halves, (scale.small_batch, scale.sgd.batch_size))
+    res["network"] = meta
+    if "uniform" in trained:
+        res["fig7"] = bn_init_figure(
+            net, spec, dataset.train_x, dataset.train_y.long(), scale.sgd, group.epochs, data, scale.points, seed,
+            folder / f"fig7_{net}.png", f"Fig. 7-style: {title}, BN weight init",
+            trained={"ones": t, "uniform": trained["uniform"][0], "gaussian": trained["gaussian"][0]})
+    return res
 
 
 def write_networks(out: Path, cache: Cache) -> None:
