@@ -77,7 +77,7 @@ def test_second_run_trains_and_analyses_nothing_and_a_lost_analysis_reuses_the_c
     assert after["nets"]["resnet20"] == before["nets"]["resnet20"]  # kept, not recomputed
 
 
-def test_time_budget_stops_before_any_training_and_other_scales_are_refused(first_run, tmp_path):
+def test_time_budget_stops_before_any_training_and_other_scales_or_settings_are_refused(first_run, tmp_path):
     root, _ = first_run
     done = trained_suite.run_suite(TINY, tmp_path / "out", tmp_path / "cache", time_budget=0.0, log=lambda _: None)
     assert done["trained"] == [] and done["stopped"].startswith("time budget of 0 s spent before training")
@@ -85,6 +85,9 @@ def test_time_budget_stops_before_any_training_and_other_scales_are_refused(firs
     with pytest.raises(trained_suite.SuiteError, match="holds numbers of another scale; pass another --out"):
         trained_suite.run_suite(replace(TINY, points=5), root / "landscape" / "trained", root / "cache",
                                 log=lambda _: None)
+    longer = replace(TINY, groups=(replace(TINY.groups[0], epochs=2),))
+    with pytest.raises(trained_suite.SuiteError, match="was trained with other settings.*pass another --cache-dir"):
+        trained_suite.run_suite(longer, tmp_path / "out", root / "cache", log=lambda _: None)
 
 
 def test_claims_put_the_trained_verdicts_first(first_run):

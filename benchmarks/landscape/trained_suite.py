@@ -78,7 +78,7 @@ TRAINED = TrainedScale(groups=(Group("fmnist", FMNIST_NETS, (0, 1), 10),
 
 @dataclass(frozen=True)
 class Job:
-    """One network to train: ``net`` from ``seed`` on ``dataset`` with ``settings``."""
+    """One network to train: ``net`` from ``seed`` on ``dataset`` with ``settings`` (their epochs included)."""
 
     dataset: str
     net: str
@@ -126,6 +126,15 @@ class Cache:
     def has(self, job: Job) -> bool:
         return all(p.is_file() for p in self.paths(job))
 
+    def check(self, job: Job) -> None:
+        """Refuse a cached ``job`` trained with other settings (it would be reused as if it were this one)."""
+        meta_path = self.paths(job)[1]
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("settings") != json.loads(to_json(asdict(job.settings))):
+                raise SuiteError(f"{meta_path} was trained with other settings ({meta.get('settings')}); pass "
+                                 "another --cache-dir (or move that file)")
+
     def load(self, job: Job, spec) -> tuple[Trained, dict]:
         weights, meta_path = self.paths(job)
         model = build_net(job.net, spec, job.seed, job.bn_weight_init)
@@ -135,11 +144,11 @@ class Cache:
         params, buffers = split_state(model, float_state(model))
         return Trained(model, params, buffers, init, meta["train_seconds"]), meta
 
-    def train(self, job: Job, dataset, epochs: int) -> dict:
+    def train(self, job: Job, dataset) -> dict:
         """Train ``job`` through ``train_local``, write its weights, then its JSON (the JSON marks it done)."""
         spec = dataset.spec
-        t = train_model(job.net, spec, dataset.train_x, dataset.train_y.long(), job.settings, epochs, job.seed,
-                        bn_weight_init=job.bn_weight_init)
+        t = train_model(job.net, spec, dataset.train_x, dataset.train_y.long(), job.settings, job.settings.epochs,
+                        job.seed, bn_weight_init=job.bn_weight_init)
         acc, loss = evaluate(t.model, dataset.test_x, dataset.test_y.long(), make_batch_transform(spec, train=False))
         weights, meta_path = self.paths(job)
         weights.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +156,7 @@ class Cache:
         save_file({k: v.contiguous() for k, v in float_state(t.model).items()}, str(partial))
         partial.replace(weights)
         meta = {"net": job.net, "dataset": job.dataset, "seed": job.seed, "bn_weight_init": job.bn_weight_init,
-                "epochs": epochs, "settings": asdict(job.settings), "train_samples": len(dataset.train_x),
+                "epochs": job.settings.epochs, "settings": asdict(job.settings), "train_samples": len(dataset.train_x),
                 "test_accuracy": acc, "test_loss": loss, "test_images": len(dataset.test_x),
                 "train_seconds": t.seconds, "torch_threads": torch.get_num_threads()}
         meta_path.write_text(to_json(meta) + "\n")
@@ -173,6 +182,11 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
     check_scale(scale)
     out, cache = Path(out), Cache(cache_dir, scale)
     check_out(out, scale)
+    for group in scale.groups:
+        for seed in group.seeds:
+            for net in group.nets:
+                for job in jobs_for(group, net, seed, scale).values():
+                    cache.check(job)
     begin = time.perf_counter()
     done: dict = {"trained": [], "analysed": [], "stopped": None}
 
@@ -200,7 +214,7 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                         continue
                     if over_budget(f"training {group.dataset}/{job.name(scale)}"):
                         return done
-                    meta = cache.train(job, dataset, group.epochs)
+                    meta = cache.train(job, dataset)
                     done["trained"].append(f"{group.dataset}/{job.name(scale)}")
                     write_networks(out, cache)
                     log(f"[{time.perf_counter() - begin:7.0f} s] trained {group.dataset}/{job.name(scale)}: "
