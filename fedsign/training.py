@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,9 +24,13 @@ LossTerm = Callable[[dict[str, Tensor], Tensor, Tensor, Tensor], Tensor]
 BatchTransform = Callable[[Tensor, Optional[torch.Generator]], Tensor]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """SGD settings of one local-training call."""
+    """SGD settings of one local-training call. ``lr_schedule``: ``constant`` (``lr`` at every step) or
+    ``cosine`` (:func:`cosine_lr` over all steps of the call; ``train_local`` only)."""
 
     epochs: int
     batch_size: int
@@ -32,6 +38,17 @@ class TrainSettings:
     momentum: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    lr_schedule: str = "constant"
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+
+
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps`` under cosine annealing to zero:
+    ``lr * (1 + cos(pi * step / steps)) / 2`` (``lr`` at the first step)."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,7 @@ def batch_order(num_examples: int, batch_size: int, epochs: int, generator: torc
 def sgd_step(params: Tensor, grads: Tensor, momentum_buffer: Tensor,
              settings: TrainSettings) -> tuple[Tensor, Tensor]:
     """One ``torch.optim.SGD`` step (no dampening, no Nesterov) after
-    ``clip_grad_norm_(settings.grad_clip)``, on flat parameter vectors.
+    ``clip_grad_norm_(settings.grad_clip)``, on flat parameter vectors, at the constant ``settings.lr``.
 
     ``params``, ``grads`` and ``momentum_buffer`` are ``[..., P]``: each row is one model
     (clipped by its own norm); the buffer starts at zeros, so the first step sets it to the
@@ -102,7 +119,9 @@ def train_local(
 
     ``images`` are uint8 ``[N, C, H, W]`` on the model's device; ``transform`` turns a
     batch into normalized floats (with augmentation drawn from the seeded generator).
-    ``seed`` fixes the batch order, the augmentation and dropout. ``measure_term`` (with a
+    ``seed`` fixes the batch order, the augmentation and dropout. ``settings.lr_schedule`` "cosine" sets the
+    step's learning rate by :func:`cosine_lr` over all the call's steps (a constant schedule never touches
+    it). ``measure_term`` (with a
     ``term``): the first step takes the cross-entropy's and the term's gradients separately and
     steps with their sum, and ``TrainStats.term_grad_ratio`` is the ratio of their norms over the
     trainable parameters, at the cost of one backward pass of the term. For a term of the
@@ -125,7 +144,8 @@ def train_local(
     model.train()
     total, total_ce, steps = 0.0, 0.0, 0
     norms = None  # (||grad term||, ||grad CE||) of the first step, when measured
-    for idx in batch_order(len(images), settings.batch_size, settings.epochs, generator):
+    batches = batch_order(len(images), settings.batch_size, settings.epochs, generator)
+    for idx in batches:
         idx = idx.to(device)
         x = transform(images[idx], generator)
         y = labels[idx]
@@ -145,6 +165,9 @@ def train_local(
             loss.backward()
         if settings.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        if settings.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(settings.lr, steps, len(batches))
         optimizer.step()
         total += loss.detach()
         total_ce += ce.detach()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedsign.cli import main
 from fedsign.data import DATASETS, load_dataset, make_batch_transform
@@ -17,6 +18,7 @@ from fedsign.landscape import (
     make_directions,
     model_state,
     normalize,
+    parameter_roles,
     point_buffers,
     prepare_data,
     ratio_noise,
@@ -26,7 +28,7 @@ from fedsign.landscape import (
     valley_curves,
 )
 from fedsign.landscape.directions import direction_seed, draw_noise, make_direction
-from fedsign.landscape.groups import GroupError
+from fedsign.landscape.groups import ROLES, GroupError
 from fedsign.landscape.hessian import hutchinson_trace
 from fedsign.landscape.soups import soup_record
 from fedsign.landscape.theory import (
@@ -41,7 +43,7 @@ from fedsign.landscape.theory import (
     softmax_probs,
 )
 from fedsign.landscape.variants import build_variant_model, float_state, train_checkpoints
-from fedsign.models import parameter_groups
+from fedsign.models import MODEL_NAMES, build_model
 from fedsign.training import TrainSettings, evaluate
 
 DIGITS = DATASETS["digits"]
@@ -69,7 +71,7 @@ def net(name="resnet20", seed=0, bn_weight_init="ones"):
 # ------------------------------------------------------------------------------ signs and directions
 def test_sign_consistency_of_a_model_with_itself_and_its_negation():
     theta = {k: v for k, v in model_state(net())[0].items()}
-    groups = parameter_groups(net())
+    groups = parameter_roles(net())
     same = sign_consistency(theta, theta, groups)
     assert all(v == 1.0 for v in same.values())
     flipped = sign_consistency(theta, {k: -v for k, v in theta.items()})
@@ -130,7 +132,7 @@ def test_normalizations():
         normalize({k: torch.zeros_like(v) for k, v in theta.items()}, theta, "ns")
 
 
-def test_parameter_groups():
+def test_parameter_roles():
     model = net()
     layer1 = select_parameters(model, "LAYER1")  # the first stage after the stem conv1/bn1
     assert layer1[0] == "layer1.0.conv1.weight" and all(n.startswith("layer1.") for n in layer1)
@@ -145,6 +147,34 @@ def test_parameter_groups():
                                                        "features.2.weight", "features.2.bias"]  # 8x8: one pool
     with pytest.raises(GroupError, match="selects no parameter"):
         select_parameters(model, "nothing_here")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_roles_of_every_fedsign_model(name):
+    """The one role classification: a FedSign model's `classifier` (the last nn.Linear, after a MOON
+    projection head) is CLF, every BatchNorm parameter a BN role, conv / linear weights and biases other."""
+    m = build_model(name, 10, projection_dim=16)
+    groups = parameter_roles(m)
+    assert list(groups) == [n for n, _ in m.named_parameters()]
+    assert set(groups.values()) <= set(ROLES) - {"other"}
+    assert [n for n, g in groups.items() if g.startswith("classifier")] == ["classifier.weight", "classifier.bias"]
+    assert groups["classifier.weight"] == "classifier_weight" and groups["classifier.bias"] == "classifier_bias"
+    assert groups["projection.2.weight"] == "other_weight" and groups["projection.2.bias"] == "other_bias"
+    n_bn = sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+    assert sum(g == "bn_weight" for g in groups.values()) == n_bn
+    assert sum(g == "bn_bias" for g in groups.values()) == n_bn
+    params = dict(m.named_parameters())
+    for n, g in groups.items():
+        assert n.endswith(g.rsplit("_", 1)[1])
+        if g == "other_bias":
+            assert params[n].dim() == 1
+        elif g == "other_weight":
+            assert params[n].dim() >= 2  # conv / linear weights only; BN weights are never "other"
+    if name == "resnet20":
+        assert groups["layer2.0.shortcut.1.weight"] == "bn_weight"
+        assert groups["layer2.0.shortcut.0.weight"] == "other_weight"
+        assert n_bn == 1 + 9 * 2 + 2
+
 
 
 # ------------------------------------------------------------------------------ evaluation and BN policies
@@ -190,7 +220,7 @@ def test_interpolation_endpoints_reproduce_the_two_models(digits, data):
     m1, m2 = net(seed=1), net(seed=2)
     (p1, _), (p2, _) = model_state(m1), model_state(m2)
     b1, b2 = point_buffers(m1, p1, data), point_buffers(m2, p2, data)
-    groups = parameter_groups(m1)
+    groups = parameter_roles(m1)
     rec = interpolation(m1, p1, p2, data, groups=groups, buffers1=b1, buffers2=b2, lambdas=[0.0, 0.5, 1.0],
                         bn="stale")
     for k, (params, buffers) in ((0, (p1, b1)), (2, (p2, b2))):

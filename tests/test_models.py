@@ -9,11 +9,9 @@ from fedsign.config import ConfigError, RunConfig
 from fedsign.models import (
     BN_WEIGHT_INITS,
     MODEL_NAMES,
-    PARAM_GROUPS,
     ModelConfigError,
     build_model,
     check_model_input,
-    parameter_groups,
 )
 
 
@@ -279,31 +277,6 @@ def test_conv_and_linear_init():
     for lyr in [m.fc[0], m.fc[3], m.classifier]:
         assert abs(lyr.weight.std().item() - 0.01) < 0.001
         assert torch.all(lyr.bias == 0)
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_parameter_groups(name):
-    m = build_model(name, 10, projection_dim=16)
-    groups = parameter_groups(m)
-    assert list(groups) == [n for n, _ in m.named_parameters()]
-    assert set(groups.values()) <= set(PARAM_GROUPS)
-    assert [n for n, g in groups.items() if g.startswith("classifier")] == ["classifier.weight", "classifier.bias"]
-    assert groups["classifier.weight"] == "classifier_weight" and groups["classifier.bias"] == "classifier_bias"
-    assert groups["projection.2.weight"] == "other_weight" and groups["projection.2.bias"] == "other_bias"
-    n_bn = sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())
-    assert sum(g == "bn_weight" for g in groups.values()) == n_bn
-    assert sum(g == "bn_bias" for g in groups.values()) == n_bn
-    params = dict(m.named_parameters())
-    for n, g in groups.items():
-        assert n.endswith(g.rsplit("_", 1)[1])
-        if g == "other_bias":
-            assert params[n].dim() == 1
-        elif g == "other_weight":
-            assert params[n].dim() >= 2  # conv / linear weights only; BN weights are never "other"
-    if name == "resnet20":
-        assert groups["layer2.0.shortcut.1.weight"] == "bn_weight"
-        assert groups["layer2.0.shortcut.0.weight"] == "other_weight"
-        assert n_bn == 1 + 9 * 2 + 2
 
 
 def test_vmap_matches_separate_calls_cnn():

@@ -18,13 +18,13 @@ from .evaluate import (BN_POLICIES, DataError, EvalData, Evaluation, Line, Loade
                        as_eval_data, check_finite, evaluate_lines, evaluate_point, model_state, point_buffers,
                        prepare_data, split_state)
 from .errors import LandscapeError
-from .groups import GROUP_NAMES, GroupError, parameter_roles, select_parameters
+from .groups import GROUP_NAMES, ROLES, GroupError, parameter_roles, select_parameters
 from .signs import sign_consistency
 
 __all__ = [
     "BN_POLICIES", "COMMON_NOISES", "DIRECTION_SETS", "DataError", "DirectionError", "EvalData", "Evaluation",
     "FILTER_1D", "GROUP_NAMES", "GroupError", "LandscapeError", "Line", "LoaderData", "NORMALIZATIONS", "NonFiniteError",
-    "PolicyError", "SPECIAL_DIRECTIONS", "as_eval_data", "asymmetry", "check_finite", "difference",
+    "PolicyError", "ROLES", "SPECIAL_DIRECTIONS", "as_eval_data", "asymmetry", "check_finite", "difference",
     "evaluate_lines", "evaluate_point", "group_stats", "interpolation", "lambda_grid", "make_direction",
     "make_directions", "model_state", "normalize", "parameter_roles", "perturb", "point_buffers", "prepare_data",
     "ratio_noise", "ratio_sweep", "select_parameters", "sign_consistency", "sign_replaced", "special_direction",

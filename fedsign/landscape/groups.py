@@ -23,6 +23,7 @@ from torch import nn
 from .errors import LandscapeError
 
 GROUP_NAMES = ("ALL", "CLF", "FEAT", "LAYER1", "CONV", "BN")
+ROLES = ("bn_weight", "bn_bias", "classifier_weight", "classifier_bias", "other_weight", "other_bias", "other")
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -134,8 +135,10 @@ def select_parameters(model: nn.Module, group: str, clf: str | None = None) -> l
 
 
 def parameter_roles(model: nn.Module, clf: str | None = None) -> dict[str, str]:
-    """Every parameter's role for per-group statistics: ``bn_weight`` / ``bn_bias`` (normalization layers),
-    ``classifier_weight`` / ``classifier_bias`` (CLF), ``other_weight`` / ``other_bias``, and ``other`` for
+    """Every parameter's role (one of :data:`ROLES`, in ``named_parameters`` order), the one classification of
+    parameters for per-group statistics and sign consistency: ``bn_weight`` / ``bn_bias`` (BN group:
+    normalization layers), ``classifier_weight`` / ``classifier_bias`` (CLF: the last ``nn.Linear``, e.g. a
+    FedSign model's ``classifier``, or ``clf``), ``other_weight`` / ``other_bias``, and ``other`` for
     parameters named neither weight nor bias (ViT's ``class_token``, ``pos_embedding``)."""
     bn = set(_own_parameters(model, lambda m: isinstance(m, NORM_LAYERS)))
     head = set(classifier_parameters(model, clf))

@@ -2,11 +2,13 @@
 
 Variants are a BN-weight initialization (``ones`` / ``uniform`` U(0,1) / ``gaussian`` G(0, 0.1), see
 :func:`fedsign.models.build_model`) and the SGD settings (learning rate, batch size, weight decay).
-The learning rate is constant, as in the platform's local training.
+The learning rate follows ``settings.lr_schedule`` (constant, as in the platform's local training, or cosine)
+over each ``train_local`` call.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -39,8 +41,8 @@ def train_checkpoints(
     """Train ``model`` in place up to ``max(checkpoints)`` epochs; return its state at each checkpoint epoch.
 
     Each stretch between two checkpoints is one ``train_local`` call of that many epochs
-    (``settings.epochs`` is ignored) with seed ``derive_seed(seed, first epoch)``, so SGD momentum
-    restarts at every checkpoint.
+    (``settings.epochs`` is ignored) with seed ``derive_seed(seed, first epoch)``, so SGD momentum (and a
+    cosine schedule) restarts at every checkpoint.
     """
     epochs = sorted(set(int(e) for e in checkpoints))
     if not epochs or epochs[0] < 1:
@@ -50,9 +52,7 @@ def train_checkpoints(
     stats: list[TrainStats] = []
     done = 0
     for epoch in epochs:
-        stretch = TrainSettings(epochs=epoch - done, batch_size=settings.batch_size, lr=settings.lr,
-                                momentum=settings.momentum, weight_decay=settings.weight_decay,
-                                grad_clip=settings.grad_clip)
+        stretch = replace(settings, epochs=epoch - done)
         stats.append(train_local(model, images, labels, stretch, seed=derive_seed(seed, done), transform=transform))
         states[epoch] = float_state(model)
         done = epoch

@@ -6,7 +6,6 @@ optional ``model.projection`` (MOON head); every activation is its own ``nn.ReLU
 """
 
 from .common import BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, float_state, initialize
-from .groups import PARAM_GROUPS, parameter_groups
 from .registry import DEFAULT_INIT, MODEL_NAMES, build_model, check_model_input, resolve_init
 
 __all__ = [
@@ -16,11 +15,9 @@ __all__ = [
     "FedSignNet",
     "MODEL_NAMES",
     "ModelConfigError",
-    "PARAM_GROUPS",
     "build_model",
     "check_model_input",
     "float_state",
     "initialize",
-    "parameter_groups",
     "resolve_init",
 ]

@@ -1,0 +1,282 @@
+"""The trained suite: Figs. 3, 4, 5, 7, 8 and 11 on networks trained to convergence (``--suite trained``).
+
+resnet20, vgg8_bn and their BN-free twins (resnet20-nobn, vgg8) on the full Fashion-MNIST training split, two
+seeds each, and resnet20 on the full CIFAR-10 training split, one seed (:data:`TRAINED`); every network is
+trained through ``train_local`` with the paper's A.3 optimizer (SGD, momentum 0.9, lr 0.03 with a cosine
+schedule over the epochs, weight decay 5e-4, batch 256). Weights are cached as safetensors in ``cache``
+(outside git, default :data:`CACHE`) with a JSON of the network's test accuracy and training time beside
+each; a cached network is loaded, not trained again. The analysis of each network is written to
+``out/<dataset>-seed<k>/numbers.json`` as soon as it is done (the BN suite's layout), and a network whose
+numbers are there is skipped: the suite resumes where it stopped. ``time_budget``: no training or analysis
+starts after that many seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from fedsign.data import load_dataset, make_batch_transform
+from fedsign.landscape import prepare_data, split_state
+from fedsign.landscape.records import to_json, write_record
+from fedsign.landscape.soups import split_halves
+from fedsign.landscape.variants import float_state
+from fedsign.landscape.weights import apply_weights
+from fedsign.training import TrainSettings, evaluate
+
+from .bn_suite import net_figures
+from .common import (FIG7_FILTER_1D, FIG7_SCALES, NETS, OUT, ROOT, Trained, bn_init_figure, build_net, run_header,
+                     train_model)
+
+CACHE = ROOT / "runs" / "landscape-trained"  # git-ignored
+TRAINED_OUT = OUT / "trained"
+DATASET_TITLES = {"fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "mnist": "MNIST", "digits": "digits"}
+PAPER_SGD = TrainSettings(epochs=1, batch_size=256, lr=0.03, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Networks trained alike: ``nets`` (keys of NETS) on ``dataset``'s full training split, each for every
+    seed of ``seeds``, ``epochs`` epochs; the first ``extra_seeds`` seeds also get Fig. 8's θ1 and, for the
+    scale's ``fig7_nets``, Fig. 7's BN-weight inits (each one more network to train)."""
+
+    dataset: str
+    nets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    extra_seeds: int = 1
+
+
+@dataclass(frozen=True)
+class TrainedScale:
+    """What the trained suite trains and how finely it evaluates (the BN suite's field names)."""
+
+    groups: tuple[Group, ...]
+    sgd: TrainSettings = PAPER_SGD  # its epochs: each group's
+    test_samples: int = 2000  # seeded test images per evaluated point
+    recal_samples: int = 1000  # training images for BN recalibration at every point
+    noise_seeds: int = 5  # noise draws per model (Fig. 3)
+    points: int = 9  # λ points in [-1, 1]
+    interp_points: int = 9  # λ points in [-0.5, 1.5] (Fig. 8)
+    ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # Fig. 4
+    small_batch: int = 64  # Fig. 8's θ1 (θ2: sgd.batch_size)
+    soup_epochs: int = 1  # Fig. 11: each half of the training split, from θ0 and from θf
+    soup_lr: float = 0.01
+    fig7_nets: tuple[str, ...] = ("resnet20",)
+
+
+FMNIST_NETS = ("resnet20", "resnet20-nobn", "vgg8_bn", "vgg8")
+TRAINED = TrainedScale(groups=(Group("fmnist", FMNIST_NETS, (0, 1), 10),
+                               Group("cifar10", ("resnet20",), (0,), 30, extra_seeds=0)))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One network to train: ``net`` from ``seed`` on ``dataset`` with ``settings`` (their epochs included)."""
+
+    dataset: str
+    net: str
+    seed: int
+    settings: TrainSettings
+    bn_weight_init: str = "ones"
+
+    def name(self, scale: TrainedScale) -> str:
+        batch = "" if self.settings.batch_size == scale.sgd.batch_size else f"-bs{self.settings.batch_size}"
+        init = "" if self.bn_weight_init == "ones" else f"-bn{self.bn_weight_init}"
+        return f"{self.net}-seed{self.seed}{batch}{init}"
+
+
+class SuiteError(ValueError):
+    """A suite that cannot start: its options or the folders it would write to."""
+
+
+def check_scale(scale: TrainedScale) -> None:
+    unknown = [n for g in scale.groups for n in g.nets if n not in NETS]
+    if unknown:
+        raise SuiteError(f"unknown network {unknown[0]!r}; use one of {', '.join(NETS)}")
+    if scale.test_samples < 1 or scale.recal_samples < 1 or scale.noise_seeds < 1 or scale.points < 3:
+        raise SuiteError("the trained suite needs ≥ 1 test and recalibration image, ≥ 1 noise draw and "
+                         "≥ 3 λ points")
+
+
+def check_out(out: Path, scale: TrainedScale) -> None:
+    """Refuse, before any work, an ``out`` holding numbers of another scale (they would be mixed or lost)."""
+    wanted = json.loads(to_json(asdict(scale)))
+    for path in sorted(out.glob("*/numbers.json")):
+        if json.loads(path.read_text()).get("scale") != wanted:
+            raise SuiteError(f"{path} holds numbers of another scale; pass another --out (or move that folder)")
+
+
+class Cache:
+    """Trained weights ``<cache>/<dataset>/<job>.safetensors`` and their ``.json`` (accuracy, training time)."""
+
+    def __init__(self, root: Path, scale: TrainedScale):
+        self.root, self.scale = Path(root), scale
+
+    def paths(self, job: Job) -> tuple[Path, Path]:
+        stem = self.root / job.dataset / job.name(self.scale)
+        return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+    def has(self, job: Job) -> bool:
+        return all(p.is_file() for p in self.paths(job))
+
+    def check(self, job: Job) -> None:
+        """Refuse a cached ``job`` trained with other settings (it would be reused as if it were this one)."""
+        meta_path = self.paths(job)[1]
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("settings") != json.loads(to_json(asdict(job.settings))):
+                raise SuiteError(f"{meta_path} was trained with other settings ({meta.get('settings')}); pass "
+                                 "another --cache-dir (or move that file)")
+
+    def load(self, job: Job, spec) -> tuple[Trained, dict]:
+        weights, meta_path = self.paths(job)
+        model = build_net(job.net, spec, job.seed, job.bn_weight_init)
+        init = split_state(model, float_state(model))[0]
+        apply_weights(model, weights)
+        meta = json.loads(meta_path.read_text())
+        params, buffers = split_state(model, float_state(model))
+        return Trained(model, params, buffers, init, meta["train_seconds"]), meta
+
+    def train(self, job: Job, dataset) -> dict:
+        """Train ``job`` through ``train_local``, write its weights, then its JSON (the JSON marks it done)."""
+        spec = dataset.spec
+        t = train_model(job.net, spec, dataset.train_x, dataset.train_y.long(), job.settings, job.settings.epochs,
+                        job.seed, bn_weight_init=job.bn_weight_init)
+        acc, loss = evaluate(t.model, dataset.test_x, dataset.test_y.long(), make_batch_transform(spec, train=False))
+        weights, meta_path = self.paths(job)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        partial = weights.with_suffix(".partial")
+        save_file({k: v.contiguous() for k, v in float_state(t.model).items()}, str(partial))
+        partial.replace(weights)
+        meta = {"net": job.net, "dataset": job.dataset, "seed": job.seed, "bn_weight_init": job.bn_weight_init,
+                "epochs": job.settings.epochs, "settings": asdict(job.settings), "train_samples": len(dataset.train_x),
+                "test_accuracy": acc, "test_loss": loss, "test_images": len(dataset.test_x),
+                "train_seconds": t.seconds, "torch_threads": torch.get_num_threads()}
+        meta_path.write_text(to_json(meta) + "\n")
+        return meta
+
+
+def jobs_for(group: Group, net: str, seed: int, scale: TrainedScale) -> dict[str, Job]:
+    """The networks one analysis needs: ``main`` (θf), and on the group's first ``extra_seeds`` seeds ``twin``
+    (Fig. 8's θ1) and, for ``fig7_nets``, the ``uniform`` / ``gaussian`` BN-weight inits (Fig. 7)."""
+    sgd = replace(scale.sgd, epochs=group.epochs)
+    jobs = {"main": Job(group.dataset, net, seed, sgd)}
+    if seed in group.seeds[:group.extra_seeds]:
+        jobs["twin"] = Job(group.dataset, net, seed, replace(sgd, batch_size=scale.small_batch))
+        if net in scale.fig7_nets and NETS[net][1]:
+            jobs.update({init: Job(group.dataset, net, seed, sgd, init) for init in ("uniform", "gaussian")})
+    return jobs
+
+
+def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dict[str, str] | None = None,
+              time_budget: float = math.inf, threads: int = 1, log=print) -> dict:
+    """Train (or load) and analyse every network of ``scale``; returns what this call did: ``trained`` and
+    ``analysed`` (names), ``stopped`` (why it stopped early, or None)."""
+    check_scale(scale)
+    out, cache = Path(out), Cache(cache_dir, scale)
+    check_out(out, scale)
+    for group in scale.groups:
+        for seed in group.seeds:
+            for net in group.nets:
+                for job in jobs_for(group, net, seed, scale).values():
+                    cache.check(job)
+    begin = time.perf_counter()
+    done: dict = {"trained": [], "analysed": [], "stopped": None}
+
+    def over_budget(what: str) -> bool:
+        if time.perf_counter() - begin > time_budget:
+            done["stopped"] = f"time budget of {time_budget:g} s spent before {what}"
+            log(done["stopped"])
+        return done["stopped"] is not None
+
+    for group in scale.groups:
+        dataset = None
+        for seed in group.seeds:
+            folder = out / f"{group.dataset}-seed{seed}"
+            numbers_path = folder / "numbers.json"
+            numbers = json.loads(numbers_path.read_text()) if numbers_path.is_file() else None
+            data = None
+            for net in group.nets:
+                if numbers and net in numbers["nets"]:
+                    continue
+                dataset = dataset or load_dataset(group.dataset, (data_dirs or {}).get(group.dataset))
+                spec = dataset.spec
+                jobs = jobs_for(group, net, seed, scale)
+                for job in jobs.values():
+                    if cache.has(job):
+                        continue
+                    if over_budget(f"training {group.dataset}/{job.name(scale)}"):
+                        return done
+                    meta = cache.train(job, dataset)
+                    done["trained"].append(f"{group.dataset}/{job.name(scale)}")
+                    write_networks(out, cache)
+                    log(f"[{time.perf_counter() - begin:7.0f} s] trained {group.dataset}/{job.name(scale)}: "
+                        f"test accuracy {meta['test_accuracy']:.4f} in {meta['train_seconds']:.0f} s")
+                if over_budget(f"analysing {group.dataset}/{net}-seed{seed}"):
+                    return done
+                start = time.perf_counter()
+                if data is None:
+                    data = prepare_data(dataset.test_x, dataset.test_y, make_batch_transform(spec, train=False),
+                                        dataset.train_x, test_samples=scale.test_samples,
+                                        recal_samples=scale.recal_samples, seed=seed)
+                numbers = numbers or numbers_header(scale, group.dataset, seed, threads, dataset, data)
+                trained = {role: cache.load(job, spec) for role, job in jobs.items()}
+                res = analyse(net, group, seed, trained, dataset, data, scale, folder)
+                numbers["nets"][net] = res
+                numbers["seconds"][net] = time.perf_counter() - start
+                write_record(folder, "numbers", numbers)
+                done["analysed"].append(f"{group.dataset}/{net}-seed{seed}")
+                log(f"[{time.perf_counter() - begin:7.0f} s] analysed {group.dataset}/{net}-seed{seed} "
+                    f"in {numbers['seconds'][net]:.0f} s")
+    write_networks(out, cache)
+    return done
+
+
+def numbers_header(scale: TrainedScale, dataset_name: str, seed: int, threads: int, dataset, data) -> dict:
+    """A new ``numbers.json`` of one dataset and seed (the BN suite's keys), before any network."""
+    return {**run_header(seed, threads, scale), "dataset": dataset_name, "scale_s": 1.0,
+            "fig7_scales": FIG7_SCALES, "fig7_filter_1d": FIG7_FILTER_1D,
+            "data": {"train": f"the full {DATASET_TITLES[dataset_name]} training split ({len(dataset.train_x)} images)",
+                     "test": f"{len(data.x)} seeded test images",
+                     "recal": f"{len(data.recal_x)} seeded training images"},
+            "nets": {}, "seconds": {}}
+
+
+def analyse(net: str, group: Group, seed: int, trained: dict[str, tuple[Trained, dict]], dataset, data,
+            scale: TrainedScale, folder: Path) -> dict:
+    """Figs. 3, 4, 5, 8, 11 (and 7) of network ``net`` from its trained networks (role -> (model, JSON), see
+    :func:`jobs_for`); PNGs in ``folder``, titled with network, dataset and test accuracy."""
+    spec = dataset.spec
+    t, meta = trained["main"]
+    title = (f"{net} on {DATASET_TITLES[group.dataset]}, trained {group.epochs} epochs "
+             f"(test acc {meta['test_accuracy']:.3f})")
+    soup = replace(scale.sgd, lr=scale.soup_lr)
+
+    def halves(start):
+        return tuple(train_model(net, spec, dataset.train_x[half], dataset.train_y[half].long(), soup,
+                                 scale.soup_epochs, seed, start=start)
+                     for half in split_halves(len(dataset.train_x), seed))
+
+    twin = (lambda: trained["twin"][0]) if "twin" in trained else None
+    res = net_figures(net, t, data, scale, seed, folder, title, twin, halves, (scale.small_batch, scale.sgd.batch_size))
+    res["network"] = meta
+    if "uniform" in trained:
+        res["fig7"] = bn_init_figure(
+            net, spec, dataset.train_x, dataset.train_y.long(), scale.sgd, group.epochs, data, scale.points, seed,
+            folder / f"fig7_{net}.png", f"Fig. 7-style: {title}, BN weight init",
+            trained={"ones": t, "uniform": trained["uniform"][0], "gaussian": trained["gaussian"][0]})
+    return res
+
+
+def write_networks(out: Path, cache: Cache) -> None:
+    """``out/networks.json``: every cached network's accuracy and training time (the cache is outside git)."""
+    metas = {f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in sorted(cache.root.glob("*/*.json"))}
+    if metas:
+        write_record(out, "networks", metas)

@@ -1,0 +1,126 @@
+"""The trained-network landscape suite (benchmarks/landscape/trained_suite.py) on sklearn digits: the evaluation
+options take effect, trained weights are cached and the suite resumes without training again, the time budget
+stops it, and CLAIMS.md puts its verdicts before the reduced-scale ones (CPU, seconds)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
+
+trained_suite = importlib.import_module("benchmarks.landscape.trained_suite")
+claims = importlib.import_module("benchmarks.landscape.claims")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = trained_suite.TrainedScale(
+    groups=(trained_suite.Group("digits", ("cnn", "resnet20"), (0,), 1),),
+    test_samples=60, recal_samples=40, noise_seeds=2, points=3, interp_points=4, ratios=(0.0, 1.0),
+    small_batch=128, soup_lr=0.01, fig7_nets=("resnet20",))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    done = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
+    return root, done
+
+
+def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
+    root, done = first_run
+    assert done["stopped"] is None
+    assert sorted(done["trained"]) == sorted(f"digits/{n}" for n in (
+        "cnn-seed0", "cnn-seed0-bs128", "resnet20-seed0", "resnet20-seed0-bs128", "resnet20-seed0-bnuniform",
+        "resnet20-seed0-bngaussian"))
+    assert done["analysed"] == ["digits/cnn-seed0", "digits/resnet20-seed0"]
+    assert len(list((root / "cache" / "digits").glob("*.safetensors"))) == 6
+    networks = json.loads((root / "landscape" / "trained" / "networks.json").read_text())
+    assert networks["digits/resnet20-seed0"]["settings"]["lr_schedule"] == "cosine"
+    assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in networks.values())
+    numbers = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())
+    assert numbers["data"]["test"] == "60 seeded test images"  # test_samples
+    assert numbers["data"]["recal"] == "40 seeded training images"  # recal_samples
+    for net in ("cnn", "resnet20"):
+        res = numbers["nets"][net]
+        assert all(len(draws) == 2 for draws in res["fig3"].values())  # noise_seeds: draws per model
+        assert len(res["fig3_record"]["lambdas"]) == 3 and len(res["fig5_record"]["lambdas"]) == 3  # points
+        assert len(res["fig8"]["lambdas"]) == 4  # interp_points
+        assert res["fig4"]["ratios"] == [0.0, 1.0]
+        assert set(res["fig11"]) == {"random_init", "pretrained"}
+        assert res["network"] == networks[f"digits/{net}-seed0"]
+    assert set(numbers["nets"]["resnet20"]["fig7"]) == {"ones", "uniform", "gaussian"}
+    assert "fig7" not in numbers["nets"]["cnn"]  # no BN
+    pngs = {p.name for p in (root / "landscape" / "trained" / "digits-seed0").glob("*.png")}
+    assert {"fig3_cnn.png", "fig4_cnn.png", "fig5_cnn.png", "fig8_cnn.png", "fig7_resnet20.png"} <= pngs
+
+
+def test_second_run_trains_and_analyses_nothing_and_a_lost_analysis_reuses_the_cache(first_run):
+    root, _ = first_run
+    again = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
+    assert again == {"trained": [], "analysed": [], "stopped": None}
+    numbers_path = root / "landscape" / "trained" / "digits-seed0" / "numbers.json"
+    before = json.loads(numbers_path.read_text())
+    lost = {**before, "nets": {"resnet20": before["nets"]["resnet20"]}}  # as if stopped before cnn's analysis
+    numbers_path.write_text(json.dumps(lost))
+    redo = trained_suite.run_suite(TINY, root / "landscape" / "trained", root / "cache", log=lambda _: None)
+    assert redo == {"trained": [], "analysed": ["digits/cnn-seed0"], "stopped": None}
+    after = json.loads(numbers_path.read_text())
+    assert after["nets"]["cnn"]["fig3"] == before["nets"]["cnn"]["fig3"]  # the same cached weights
+    assert after["nets"]["resnet20"] == before["nets"]["resnet20"]  # kept, not recomputed
+
+
+def test_time_budget_stops_before_any_training_and_other_scales_or_settings_are_refused(first_run, tmp_path):
+    root, _ = first_run
+    done = trained_suite.run_suite(TINY, tmp_path / "out", tmp_path / "cache", time_budget=0.0, log=lambda _: None)
+    assert done["trained"] == [] and done["stopped"].startswith("time budget of 0 s spent before training")
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(trained_suite.SuiteError, match="holds numbers of another scale; pass another --out"):
+        trained_suite.run_suite(replace(TINY, points=5), root / "landscape" / "trained", root / "cache",
+                                log=lambda _: None)
+    longer = replace(TINY, groups=(replace(TINY.groups[0], epochs=2),))
+    with pytest.raises(trained_suite.SuiteError, match="was trained with other settings.*pass another --cache-dir"):
+        trained_suite.run_suite(longer, tmp_path / "out", root / "cache", log=lambda _: None)
+
+
+def test_claims_put_the_trained_verdicts_first(first_run):
+    root, _ = first_run
+    claims.write_claims(root / "landscape")
+    written = (root / "landscape" / "CLAIMS.md").read_text()
+    assert "## Verdicts on trained networks" in written
+    assert "| C1: " in (root / "landscape" / "claims_table.md").read_text()
+    assert (root / "landscape" / "trained" / "digits-seed0" / "fig11_soups.png").is_file()
+    trained = [json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())]
+    rows = claims.trained_rows(trained)
+    assert {c for c, *_ in rows} == {"C1", "C2", "C3", "C4", "C5", "C6", "C7"}
+    assert all("(digits, trained, test acc" in net for _, net, *_ in rows)
+    numbers = claims.read_numbers(ROOT / "benchmarks" / "results" / "landscape")
+    without = claims.claims_document(**numbers)
+    assert "**Trained networks**: no numbers yet." in without and "## Verdicts on trained networks" not in without
+    document = claims.claims_document(**{**numbers, "trained": trained})
+    assert "**Trained suite**" in document and "60 seeded test images" in document
+    first, reduced = document.index("## Verdicts on trained networks"), document.index("## Verdicts at reduced scale")
+    assert first < reduced and "near chance" in document[reduced:]
+    assert document.index("resnet20 (digits, trained") < reduced < document.index("resnet20 (CIFAR-10; 3 seeds")
+
+
+def test_cli_options_set_the_trained_scale():
+    cli = importlib.import_module("benchmarks.landscape_figures")
+    args = cli.parse_args(["--suite", "trained", "--test-samples", "3000", "--recal-samples", "1500", "--draws", "7",
+                           "--points", "11", "--nets", "vgg8,resnet20"])
+    scale = cli.trained_scale(args)
+    assert (scale.test_samples, scale.recal_samples, scale.noise_seeds, scale.points) == (3000, 1500, 7, 11)
+    assert [(g.dataset, g.nets) for g in scale.groups] == [("fmnist", ("resnet20", "vgg8")), ("cifar10", ("resnet20",))]
+    default = trained_suite.TRAINED
+    assert default.test_samples >= 2000 and default.recal_samples >= 1000 and default.noise_seeds >= 5
+    assert default.points >= 9 and all(len(g.seeds) >= 2 for g in default.groups if g.dataset == "fmnist")
+    for bad in (["--draws", "0"], ["--data-dir", "/somewhere"], ["--nets", "vgg11"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--suite", "trained", *bad])
