@@ -2,13 +2,14 @@
 
 import pickle
 import shlex
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_benchmarks import load_benchmark
-
-peers = load_benchmark("peers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
 
 # The tail of an FL-bench main.log as its rich file console writes it (markup stripped, lines padded).
 FLBENCH_LOG = """Training... 100%
