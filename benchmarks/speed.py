@@ -14,8 +14,9 @@ each engine's framework overhead (everything but forward, backward and the SGD s
 its round: round seconds minus the time inside the round's ``train_local`` calls (sequential) or its
 ``train_clients`` call (vectorized), over round seconds (medians over the rounds after the first,
 without the evaluated last one).
-Writes ``speed_mnist.csv`` / ``speed_mnist.md``. ``--only cpu-converged``: the same figures for a
-Table-1 ``cpu-converged`` cell's round with FedAvg, FedSign, MOON and FedDyn (``speed_cpu_converged.*``).
+Writes ``speed_mnist.csv`` / ``speed_mnist.md``. ``--only cpu-converged`` / ``--only cpu-full``: the same
+figures for that Table-1 preset's cell round (α 0.5, seed 0) with FedAvg, FedSign, MOON and FedDyn
+(``speed_cpu_converged.*`` / ``speed_cpu_full.*``).
 
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
@@ -33,6 +34,7 @@ processes for ray. Results go to ``benchmarks/results/speed.csv`` and ``speed.md
     python benchmarks/speed.py --only landscape
     python benchmarks/speed.py --only mnist --data-dir ../shared/data/mnist --rounds 4
     python benchmarks/speed.py --only cpu-converged --rounds 12
+    python benchmarks/speed.py --only cpu-full --rounds 8
 """
 
 from __future__ import annotations
@@ -282,14 +284,15 @@ def mnist_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
-    """A Table-1 ``cpu-converged`` cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine;
+    """A Table-1 ``args.only`` preset cell's round (Fashion-MNIST, alpha 0.5) for each method, in-process engine;
     and the settings it ran (``--extra`` included) in words."""
     from table1_sweep.grid import PRESETS
 
-    overrides = merge_overrides(PRESETS["cpu-converged"].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
+    overrides = merge_overrides(PRESETS[args.only].common, "dataset='fmnist' dirichlet-alpha=0.5 seed=0 "
                                 f"num-rounds={args.rounds} eval-every={args.rounds}", args.extra)
     c = RunConfig.from_overrides(overrides, validate=False)
-    note = (f"Table-1 preset cpu-converged (Fashion-MNIST {c.train_samples:,} samples, {c.model}, {c.num_clients} "
+    samples = f"{c.train_samples:,} samples" if c.train_samples else "the whole training split"
+    note = (f"Table-1 preset {args.only} (Fashion-MNIST {samples}, {c.model}, {c.num_clients} "
             f"clients, {c.clients_per_round} per round, E = {c.local_epochs}, B = {c.batch_size}), "
             f"alpha {c.dirichlet_alpha:g}, in-process engine")
     methods = ("fedavg", "fedsign", "moon", "feddyn")
@@ -306,7 +309,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 4 for --only mnist)")
     parser.add_argument("--extra", default="", help="more run-config overrides (e.g. \"device='cuda'\")")
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--only", choices=("engines", "landscape", "mnist", "cpu-converged"), help="run one part")
+    parser.add_argument("--only", choices=("engines", "landscape", "mnist", "cpu-converged", "cpu-full"),
+                        help="run one part")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/mnist"), help="MNIST (--only mnist)")
     parser.add_argument("--points", type=int, default=21, help="landscape points on the line (default 21)")
     parser.add_argument("--chunk", type=int, default=8, help="landscape points per vmapped call (default 8)")
@@ -318,7 +322,7 @@ def main() -> None:
     machine = f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}, " \
               f"torch {torch.__version__}"
     out = Path(args.out)
-    if args.only in ("cpu-converged", "mnist"):
+    if args.only in ("cpu-converged", "cpu-full", "mnist"):
         if args.only == "mnist":
             rows, first = mnist_rows(args), "engine"
             note = "MNIST, cnn, 20 clients, 10 per round, 1 local epoch, batch 32"

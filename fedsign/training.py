@@ -10,10 +10,9 @@ a vectorized engine that calls it under ``torch.func.vmap``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
-
-import math
 
 import numpy as np
 import torch
