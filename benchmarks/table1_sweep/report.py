@@ -136,7 +136,7 @@ def render_markdown(rows: list[dict], finished: dict[Cell, dict], preset_name: s
                     diff = paired_difference(row, base3) if base3 else None
                     tuned = finished.get(Cell(d, a, method, preset.seeds[0], row["value"]), {})
                     body.append([d, f"{a:g}", "root4" if method == "fedsign" else VARIANTS[method].reduction,
-                                 f"{row['value']:g}", f"{_percent(row['mean'], row['std'])} ({len(values)} seeds)",
+                                 f"{row['value']:g}", _percent(row['mean'], row['std']) + (f" ({len(values)} seeds)" if len(values) > 1 else ""),
                                  _difference(diff), _number(tuned.get("term_grad_ratio"), ".3g"),
                                  _number(tuned.get("ssr_clients"), ".4f")])
         parts += [f"FedSign by reduction of Eq. 1 (each tuned on validation over its γ grid, seed {preset.seeds[0]}; "
