@@ -305,3 +305,16 @@ def test_train_augmentation_crops_flips_and_is_seeded(name):
     flips = sum(m[2] for m in matches)
     assert (flips > 0) if spec.hflip else (flips == 0)  # SVHN is never mirrored
     assert len({m[:2] for m in matches}) > 5
+
+
+def test_padded_images_keep_the_picture_centred_and_say_their_size():
+    spec = DATASETS["fmnist"]
+    x = torch.randint(1, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    data = loaders.ImageData(x, torch.arange(3), x[:2], torch.arange(2), spec)
+    padded = data.padded(32)
+    assert padded.train_x.shape == (3, 1, 32, 32) and padded.test_x.shape == (2, 1, 32, 32)
+    assert padded.spec.image_size == 32 and padded.spec.name == "fmnist" and spec.image_size == 28
+    assert torch.equal(padded.train_x[:, :, 2:30, 2:30], x) and int(padded.train_x.sum()) == int(x.sum())
+    assert data.padded(28) is data
+    with pytest.raises(ValueError, match="smaller 16x16"):
+        data.padded(16)

@@ -88,6 +88,8 @@ def test_time_budget_stops_before_any_training_and_other_scales_or_settings_are_
     longer = replace(TINY, groups=(replace(TINY.groups[0], epochs=2),))
     with pytest.raises(trained_suite.SuiteError, match="was trained with other settings.*pass another --cache-dir"):
         trained_suite.run_suite(longer, tmp_path / "out", root / "cache", log=lambda _: None)
+    with pytest.raises(trained_suite.SuiteError, match="init pytorch.*pass another --cache-dir"):
+        trained_suite.run_suite(replace(TINY, init="fedrepo"), tmp_path / "out", root / "cache", log=lambda _: None)
 
 
 def test_claims_put_the_trained_verdicts_first(first_run):
@@ -124,3 +126,10 @@ def test_cli_options_set_the_trained_scale():
     for bad in (["--draws", "0"], ["--data-dir", "/somewhere"], ["--nets", "vgg11"]):
         with pytest.raises(SystemExit):
             cli.parse_args(["--suite", "trained", *bad])
+
+
+def test_the_scale_check_builds_every_network_on_its_groups_images_before_any_work():
+    trained_suite.check_scale(trained_suite.TRAINED)  # Fashion-MNIST padded to 32x32: vgg8 fits
+    unpadded = replace(trained_suite.TRAINED, groups=(trained_suite.Group("fmnist", ("resnet20", "vgg8"), (0,), 1),))
+    with pytest.raises(trained_suite.SuiteError, match=r"vgg8 on fmnist at 28x28: .*image_size"):
+        trained_suite.check_scale(unpadded)

@@ -77,20 +77,22 @@ def strip_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "ones") -> torch.nn.Module:
-    """Network ``key`` of :data:`NETS` for ``spec``, initialized from ``seed``."""
+def build_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "ones",
+              init: str = "fedrepo") -> torch.nn.Module:
+    """Network ``key`` of :data:`NETS` for ``spec``, initialized from ``seed`` by ``init`` (fedrepo | pytorch)."""
     arch, has_bn = NETS[key]
-    model = build_variant_model(arch, spec, bn_weight_init, seed=seed)
+    model = build_variant_model(arch, spec, bn_weight_init, seed=seed, init=init)
     if not has_bn and arch == "resnet20":
         strip_batch_norm(model)
     return model
 
 
 def train_model(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int, seed: int,
-                *, bn_weight_init: str = "ones", start: dict[str, Tensor] | None = None) -> Trained:
-    """Network ``key`` built from ``seed`` (or started from the state ``start``), trained for ``epochs`` epochs
-    through ``train_local`` (one stretch, so a cosine schedule spans all of them)."""
-    model = build_net(key, spec, seed, bn_weight_init)
+                *, bn_weight_init: str = "ones", init: str = "fedrepo",
+                start: dict[str, Tensor] | None = None) -> Trained:
+    """Network ``key`` built from ``seed`` by ``init`` (or started from the state ``start``), trained for ``epochs``
+    epochs through ``train_local`` (one stretch, so a cosine schedule spans all of them)."""
+    model = build_net(key, spec, seed, bn_weight_init, init)
     if start is not None:
         model.load_state_dict(start, strict=False)
     init = float_state(model)

@@ -24,7 +24,7 @@ import struct
 import tarfile
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -52,6 +52,20 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     spec: DatasetSpec
+
+    def padded(self, size: int) -> "ImageData":
+        """Both splits zero-padded, centred, to ``size`` x ``size`` (the spec's ``image_size`` with them): e.g.
+        28x28 Fashion-MNIST at 32x32 for a network whose max-pools need it. ``size`` = the images' own: self."""
+        pad = size - self.spec.image_size
+        if pad < 0:
+            raise ValueError(f"{self.spec.name}: cannot pad {self.spec.image_size}x{self.spec.image_size} images "
+                             f"to the smaller {size}x{size}")
+        if pad == 0:
+            return self
+        sides = (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)
+        return ImageData(torch.nn.functional.pad(self.train_x, sides), self.train_y,
+                         torch.nn.functional.pad(self.test_x, sides), self.test_y,
+                         replace(self.spec, image_size=size))
 
 
 @dataclass(frozen=True)

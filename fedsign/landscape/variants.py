@@ -21,11 +21,13 @@ from fedsign.training import TrainSettings, TrainStats, derive_seed, train_local
 State = dict[str, Tensor]
 
 
-def build_variant_model(name: str, spec: DatasetSpec, bn_weight_init: str = "ones", seed: int = 0) -> nn.Module:
-    """Model ``name`` for dataset ``spec``, initialized from ``torch.manual_seed(seed)``."""
+def build_variant_model(name: str, spec: DatasetSpec, bn_weight_init: str = "ones", seed: int = 0,
+                        init: str = "fedrepo") -> nn.Module:
+    """Model ``name`` for dataset ``spec``, initialized from ``torch.manual_seed(seed)`` by ``init``
+    (``fedrepo`` or ``pytorch``, ``fedsign.models.build_model``)."""
     torch.manual_seed(seed)
     return build_model(name, num_classes=spec.num_classes, in_channels=spec.channels,
-                       image_size=spec.image_size, bn_weight_init=bn_weight_init)
+                       image_size=spec.image_size, bn_weight_init=bn_weight_init, init=init)
 
 
 def train_checkpoints(
