@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(trained_suite.CACHE),
                         help="--suite trained: trained weights (safetensors + JSON), outside git "
                              f"(default {trained_suite.CACHE.relative_to(ROOT)})")
+    parser.add_argument("--runs", default="",
+                        help="--suite trained: comma-separated <dataset>-seed<k> folders to run (default all), e.g. "
+                             "fmnist-seed1; processes with disjoint --runs may share --out and --cache-dir")
     parser.add_argument("--time-budget", type=float, default=math.inf,
                         help="--suite trained: seconds after which no training or analysis starts (default none)")
     args = parser.parse_args(argv)
@@ -73,15 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def trained_scale(args: argparse.Namespace) -> trained_suite.TrainedScale:
-    """:data:`trained_suite.TRAINED` with the evaluation options and ``--nets`` applied."""
+    """:data:`trained_suite.TRAINED` with the evaluation options applied (``--nets`` and ``--runs`` select what
+    a call runs, not the scale: the numbers of separate calls belong to one suite)."""
     options = {"test_samples": args.test_samples, "recal_samples": args.recal_samples, "noise_seeds": args.draws,
                "points": args.points}
-    scale = replace(trained_suite.TRAINED, **{k: v for k, v in options.items() if v is not None})
-    if args.nets:
-        nets = args.nets.split(",")
-        groups = tuple(replace(g, nets=tuple(n for n in g.nets if n in nets)) for g in scale.groups)
-        scale = replace(scale, groups=tuple(g for g in groups if g.nets))
-    return scale
+    return replace(trained_suite.TRAINED, **{k: v for k, v in options.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,11 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     elif args.suite == "bn":
         bn_suite.run(args)
     elif args.suite == "trained":
-        done = trained_suite.run_suite(trained_scale(args), Path(args.out) if args.out else trained_suite.TRAINED_OUT,
-                                       Path(args.cache_dir), time_budget=args.time_budget, threads=args.threads,
-                                       data_dirs=dict(d.split("=", 1) for d in args.data_dir.split(",") if d))
+        try:
+            done = trained_suite.run_suite(
+                trained_scale(args), Path(args.out) if args.out else trained_suite.TRAINED_OUT, Path(args.cache_dir),
+                time_budget=args.time_budget, threads=args.threads,
+                data_dirs=dict(d.split("=", 1) for d in args.data_dir.split(",") if d),
+                nets=[n for n in args.nets.split(",") if n] or None, runs=[r for r in args.runs.split(",") if r] or None)
+        except trained_suite.SuiteError as err:  # bad options or folders: one line, before any work
+            sys.exit(f"error: {err}")
         print(f"trained {len(done['trained'])}, analysed {len(done['analysed'])} networks"
-              + (f"; stopped: {done['stopped']}" if done["stopped"] else "; the suite is complete")
+              + (f"; stopped: {done['stopped']}" if done["stopped"] else
+                 "; the selection is complete" if args.nets or args.runs else "; the suite is complete")
               + "\nrun `benchmarks/landscape_figures.py --claims` to regenerate CLAIMS.md")
     else:
         cnn_suite.run(args)

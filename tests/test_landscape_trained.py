@@ -119,7 +119,7 @@ def test_cli_options_set_the_trained_scale():
                            "--points", "11", "--nets", "vgg8,resnet20"])
     scale = cli.trained_scale(args)
     assert (scale.test_samples, scale.recal_samples, scale.noise_seeds, scale.points) == (3000, 1500, 7, 11)
-    assert [(g.dataset, g.nets) for g in scale.groups] == [("fmnist", ("resnet20", "vgg8")), ("cifar10", ("resnet20",))]
+    assert scale.groups == trained_suite.TRAINED.groups  # --nets selects what a call runs, not the scale
     default = trained_suite.TRAINED
     assert default.test_samples >= 2000 and default.recal_samples >= 1000 and default.noise_seeds >= 5
     assert default.points >= 9 and all(len(g.seeds) >= 2 for g in default.groups if g.dataset == "fmnist")
@@ -133,3 +133,15 @@ def test_the_scale_check_builds_every_network_on_its_groups_images_before_any_wo
     unpadded = replace(trained_suite.TRAINED, groups=(trained_suite.Group("fmnist", ("resnet20", "vgg8"), (0,), 1),))
     with pytest.raises(trained_suite.SuiteError, match=r"vgg8 on fmnist at 28x28: .*image_size"):
         trained_suite.check_scale(unpadded)
+
+
+def test_a_selection_runs_only_its_networks_and_folders_and_the_rest_resumes_into_the_same_suite(tmp_path):
+    two_seeds = replace(TINY, groups=(replace(TINY.groups[0], seeds=(0, 1), extra_seeds=0),))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    done = trained_suite.run_suite(two_seeds, out, cache, nets=["cnn"], runs=["digits-seed1"], log=lambda _: None)
+    assert done["trained"] == ["digits/cnn-seed1"] and done["analysed"] == ["digits/cnn-seed1"]
+    assert not (out / "digits-seed0").exists()
+    rest = trained_suite.run_suite(two_seeds, out, cache, log=lambda _: None)  # the same scale: no refusal
+    assert sorted(rest["analysed"]) == ["digits/cnn-seed0", "digits/resnet20-seed0", "digits/resnet20-seed1"]
+    with pytest.raises(trained_suite.SuiteError, match="'digits-seed7' is not in the suite; runs: digits-seed0"):
+        trained_suite.run_suite(two_seeds, out, cache, runs=["digits-seed7"], log=lambda _: None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -197,11 +198,23 @@ def jobs_for(group: Group, net: str, seed: int, scale: TrainedScale) -> dict[str
     return jobs
 
 
+def run_names(scale: TrainedScale) -> list[str]:
+    """The ``<dataset>-seed<k>`` folders of ``scale`` (one ``numbers.json`` each)."""
+    return [f"{g.dataset}-seed{seed}" for g in scale.groups for seed in g.seeds]
+
+
 def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dict[str, str] | None = None,
-              time_budget: float = math.inf, threads: int = 1, log=print) -> dict:
-    """Train (or load) and analyse every network of ``scale``; returns what this call did: ``trained`` and
-    ``analysed`` (names), ``stopped`` (why it stopped early, or None)."""
+              time_budget: float = math.inf, threads: int = 1, nets: Collection[str] | None = None,
+              runs: Collection[str] | None = None, log=print) -> dict:
+    """Train (or load) and analyse every network of ``scale`` (or only ``nets`` of the ``runs`` folders, see
+    :func:`run_names`: processes with disjoint ``runs`` may share ``out`` and ``cache_dir``); returns what this
+    call did: ``trained`` and ``analysed`` (names), ``stopped`` (why it stopped early, or None)."""
     check_scale(scale)
+    unknown = [r for r in runs or () if r not in run_names(scale)] + \
+        [n for n in nets or () if not any(n in g.nets for g in scale.groups)]
+    if unknown:
+        raise SuiteError(f"{unknown[0]!r} is not in the suite; runs: {', '.join(run_names(scale))}; networks: "
+                         f"{', '.join(dict.fromkeys(n for g in scale.groups for n in g.nets))}")
     out, cache = Path(out), Cache(cache_dir, scale)
     check_out(out, scale)
     for group in scale.groups:
@@ -225,8 +238,10 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
             numbers_path = folder / "numbers.json"
             numbers = json.loads(numbers_path.read_text()) if numbers_path.is_file() else None
             data = None
+            if runs and folder.name not in runs:
+                continue
             for net in group.nets:
-                if numbers and net in numbers["nets"]:
+                if (numbers and net in numbers["nets"]) or (nets and net not in nets):
                     continue
                 if dataset is None:
                     dataset = load_dataset(group.dataset, (data_dirs or {}).get(group.dataset))
