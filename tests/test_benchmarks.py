@@ -148,7 +148,7 @@ def test_cpu_full_is_the_paper_structure_on_the_full_split_with_the_reduction_st
         assert variant.method == "fedsign" and grid.TUNING_GRIDS[name] == variant.grid
     tuning = grid.tuning_cells(full, grid.METHODS, full.datasets)
     # per alpha: FedAvg + five grids of 3 + the check; at alpha 0.5 and 0.1 two reduction grids of 4
-    assert len(tuning) == 4 * (1 + 5 * 3 + 1) + 2 * 2 * 4 and len({c.name for c in tuning}) == len(tuning)
+    assert len(tuning) == 4 * (1 + 5 * 3 + 1) + 2 * (4 + 5) and len({c.name for c in tuning}) == len(tuning)
     selected = {g: None for g in full.groups(grid.METHODS, full.datasets)}
     assert len(grid.seed_cells(full, grid.METHODS, full.datasets, selected)) == 4 * 6 * 4 + 2 * 2 * 2
     cell = next(c for c in tuning if c.method == "fedsign-mean")
@@ -177,7 +177,7 @@ def test_reduction_table_heterogeneity_row_and_weight_columns(tmp_path):
     assert "| digits | 0.5 | sum | 0.0001 | 67.50 ± 10.61 (2 seeds) | +2.50 ± 3.54 (p=0.50" in markdown
     assert "| digits | 0.5 | sum | 0.001 | 60.00 | 59.90 | – | – | – | 20.0 | 30.0 | – | – |" in markdown  # final, peak norm
     assert "| digits | 0.5 | mean |" not in markdown  # not run: no row, but listed as missing
-    assert "| digits | 0.5 | FedSign (mean) | 0 of 5 | tuning at fedsign-gamma = 0.001, 0.01, 0.1, 1 (seed 0)" \
+    assert "| digits | 0.5 | FedSign (mean) | 0 of 6 | tuning at fedsign-gamma = 0.001, 0.01, 0.1, 1, 10 (seed 0)" \
         in markdown
 
 
