@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fedsign.data import DATASETS, load_dataset, make_batch_transform
+from fedsign.data import DATASETS, DatasetSpec, load_dataset, make_batch_transform
 from fedsign.landscape import prepare_data, split_state
 from fedsign.landscape.records import to_json, write_record
 from fedsign.landscape.soups import split_halves
@@ -53,6 +53,12 @@ class Group:
     epochs: int
     extra_seeds: int = 1
     image_size: int | None = None  # zero-pad both splits to this size (None: the dataset's own)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's spec at the size the group trains on."""
+        spec = DATASETS[self.dataset]
+        return replace(spec, image_size=self.image_size or spec.image_size)
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,7 @@ def check_scale(scale: TrainedScale) -> None:
     if unknown:
         raise SuiteError(f"unknown network {unknown[0]!r}; use one of {', '.join(NETS)}")
     for group in scale.groups:  # a network that cannot take the group's images fails here, not hours in
-        spec = DATASETS[group.dataset]
-        spec = replace(spec, image_size=group.image_size or spec.image_size)
+        spec = group.spec
         for net in group.nets:
             try:
                 build_net(net, spec, 0, init=scale.init)
@@ -147,15 +152,13 @@ class Cache:
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("settings") != json.loads(to_json(asdict(job.settings))) or \
-                    meta.get("init") != self.scale.init or meta.get("image_size") != self.image_size(job):
+                    meta.get("init") != self.scale.init or meta.get("image_size") != self.group(job).spec.image_size:
                 raise SuiteError(f"{meta_path} was trained with other settings ({meta.get('settings')}, init "
                                  f"{meta.get('init')}, image size {meta.get('image_size')}); pass another "
                                  "--cache-dir (or move that file)")
 
-    def image_size(self, job: Job) -> int:
-        """The size of the images ``job`` trains on (its group's padding, else the dataset's own)."""
-        group = next(g for g in self.scale.groups if g.dataset == job.dataset)
-        return group.image_size or DATASETS[job.dataset].image_size
+    def group(self, job: Job) -> Group:
+        return next(g for g in self.scale.groups if g.dataset == job.dataset)
 
     def load(self, job: Job, spec) -> tuple[Trained, dict]:
         weights, meta_path = self.paths(job)
@@ -245,7 +248,7 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                     continue
                 if dataset is None:
                     dataset = load_dataset(group.dataset, (data_dirs or {}).get(group.dataset))
-                    dataset = dataset.padded(group.image_size or dataset.spec.image_size)
+                    dataset = dataset.padded(group.spec.image_size)
                 spec = dataset.spec
                 jobs = jobs_for(group, net, seed, scale)
                 for job in jobs.values():
