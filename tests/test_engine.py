@@ -1,5 +1,6 @@
 """End-to-end runs: the in-process engine, the Ray simulation, and their equality."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -79,13 +80,15 @@ def test_short_run_on_real_cifar10_jpeg(tmp_path):
 def test_ray_simulation_equals_inprocess(tmp_path, strategy):
     """One `flwr run` on Ray per strategy: same config and seed give the in-process model within 1e-6 (bit for
     bit when every process starts with OMP_NUM_THREADS=1; MOON also carries each client's previous model
-    across rounds in the nodes' context)."""
+    across rounds in the nodes' context). The FedSign run also tracks to TensorBoard from the ServerApp
+    (when the tracking extra is installed, as `make` does): every metric of every round, no result changed."""
     overrides = SMALL.replace("num-rounds=3", "num-rounds=2").replace("strategy='fedavg'", f"strategy='{strategy}'")
+    tracked = strategy == "fedsign" and importlib.util.find_spec("tensorboard") is not None
     ray_out = tmp_path / "ray"
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsign.cli", "simulate", "--flwr-home", str(tmp_path / "flwr"),
-         "--run-config", f"{overrides} out-dir='{ray_out}'"],
+        [sys.executable, "-m", "fedsign.cli", "simulate", "--flwr-home", str(tmp_path / "flwr"), "--run-config",
+         f"{overrides} out-dir='{ray_out}'" + (" tracking='tensorboard'" if tracked else "")],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     ray_model = load_model_state(ray_out / "model.safetensors")
@@ -94,5 +97,13 @@ def test_ray_simulation_equals_inprocess(tmp_path, strategy):
     for key in ray_model:  # bit-equal when both sides start with OMP_NUM_THREADS=1; last-bit otherwise
         assert torch.allclose(ray_model[key], local_model[key], atol=1e-6, rtol=0), key
     assert read_metrics(ray_out)[-1]["accuracy"] == pytest.approx(read_metrics(tmp_path / "local")[-1]["accuracy"])
+    if tracked:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(ray_out / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+        rows = read_metrics(ray_out)
+        assert {e.step: e.value for e in events.Scalars("accuracy")} == \
+            pytest.approx({r["round"]: r["accuracy"] for r in rows})
+        assert {"loss", "num_replies"} <= set(events.Tags()["scalars"])
     leftover = subprocess.run(["pgrep", "-f", f"flower-superlink.*{tmp_path / 'flwr'}"], capture_output=True)
     assert leftover.returncode == 1, "the local SuperLink was left running"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -135,13 +136,15 @@ def test_the_scale_check_builds_every_network_on_its_groups_images_before_any_wo
         trained_suite.check_scale(unpadded)
 
 
-def test_a_selection_runs_only_its_networks_and_folders_and_the_rest_resumes_into_the_same_suite(tmp_path):
+def test_a_selection_runs_only_its_networks_and_folders_and_the_rest_resumes_into_the_same_suite(first_run, tmp_path):
     two_seeds = replace(TINY, groups=(replace(TINY.groups[0], seeds=(0, 1), extra_seeds=0),))
     out, cache = tmp_path / "out", tmp_path / "cache"
+    shutil.copytree(first_run[0] / "cache", cache)  # seed 0's networks: trained alike, loaded not trained
     done = trained_suite.run_suite(two_seeds, out, cache, nets=["cnn"], runs=["digits-seed1"], log=lambda _: None)
     assert done["trained"] == ["digits/cnn-seed1"] and done["analysed"] == ["digits/cnn-seed1"]
     assert not (out / "digits-seed0").exists()
     rest = trained_suite.run_suite(two_seeds, out, cache, log=lambda _: None)  # the same scale: no refusal
     assert sorted(rest["analysed"]) == ["digits/cnn-seed0", "digits/resnet20-seed0", "digits/resnet20-seed1"]
+    assert rest["trained"] == ["digits/resnet20-seed1"]  # seed 0's from the copied cache
     with pytest.raises(trained_suite.SuiteError, match="'digits-seed7' is not in the suite; runs: digits-seed0"):
         trained_suite.run_suite(two_seeds, out, cache, runs=["digits-seed7"], log=lambda _: None)

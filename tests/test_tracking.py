@@ -173,18 +173,6 @@ def test_table1_passes_tracking_through_its_extra_overrides(tmp_path):
     assert sorted(scalars["accuracy"]) == [2, 3]
 
 
-@pytest.mark.flower
-@needs("tensorboard")
-def test_simulate_tracks_from_the_server_app(tmp_path):
-    out_dir = tmp_path / "sim"
-    command = [sys.executable, "-m", "fedsign.cli", "simulate", "--flwr-home", str(tmp_path / "flwr"),
-               "--run-config", f"{SMALL} tracking='tensorboard' out-dir='{out_dir}'"]
-    subprocess.run(command, check=True, timeout=600, cwd=ROOT)
-    _, scalars = tensorboard_scalars(out_dir / "tensorboard")
-    expected = metric_values(read_metrics(out_dir))
-    assert scalars.keys() == expected.keys() and sorted(scalars["accuracy"]) == [2, 3]
-
-
 @needs("tensorboard", "mlflow")
 def test_resume_logs_the_restored_rounds_again_and_tensorboard_keeps_one_value_per_round(tmp_path):
     out_dir = tmp_path / "runs" / "r"
