@@ -20,8 +20,9 @@ figures for that Table-1 preset's cell round (α 0.5, seed 0) with FedAvg, FedSi
 
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
-``fedsign.landscape.evaluate_lines`` vmapped in chunks and point by point, for the ``cnn`` (no BN)
-and ``resnet20`` (BN statistics recalibrated on 512 training images at every point).
+``fedsign.landscape.evaluate_lines`` vmapped in chunks, point by point, and point by point with the
+model in channels_last, for the ``cnn`` (no BN) and ``resnet20`` (BN statistics recalibrated on 512
+training images at every point).
 
 Overhead per round = engine round seconds (server-side, from metrics.csv, evaluation
 excluded by eval-every > rounds except the last) − raw seconds per round. Peak RSS is
@@ -146,8 +147,8 @@ def run_ray(overrides: str, out_dir: Path) -> tuple[float, float, float]:
 
 
 def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
-    """Points per second of one valley line, vmapped and point by point (each after a 2-point warm-up),
-    for a model without and with BN."""
+    """Points per second of one valley line, vmapped, point by point and point by point in channels_last
+    (each after a 2-point warm-up), for a model without and with BN."""
     device = resolve_device(config.device)
     data = loaded_dataset(config.dataset, config.data_dir)
     rows = []
@@ -159,7 +160,9 @@ def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
                                  recal, recal_samples=512, seed=config.seed, device=device)
         direction = make_directions(["gauss"], params, config.seed)["gauss"]
         line = [Line(params, direction, lambda_grid(points).tolist(), buffers)]
-        for mode, vectorize in (("vmap", True), ("loop", False)):
+        for mode, vectorize in (("vmap", True), ("loop", False), ("loop, channels_last", False)):
+            model = model.to(memory_format=torch.channels_last if mode.endswith("channels_last") else
+                             torch.contiguous_format)
             warm_up = [Line(params, direction, [0.0, 0.5], buffers)]
             evaluate_lines(model, warm_up, eval_data, bn=bn, chunk=chunk, vectorize=vectorize)
             ev = evaluate_lines(model, line, eval_data, bn=bn, chunk=chunk, vectorize=vectorize)
@@ -351,8 +354,9 @@ def main() -> None:
         rows = landscape_rows(config, args.points, args.chunk)
         write_table(rows, out.with_name(out.name + "_landscape"),
                     "| model | BN policy | mode | points | test images | seconds | points/s |",
-                    lambda r: [r["model"], r["bn"], r["mode"] + ("" if r["vectorized"] or r["mode"] == "loop"
-                                                                 else " (fell back to loop)"),
+                    lambda r: [r["model"], r["bn"], r["mode"] + ("" if r["vectorized"] or
+                                                                 r["mode"].startswith("loop") else
+                                                                 " (fell back to loop)"),
                                str(r["points"]), str(r["test_samples"]), f"{r['seconds']:.2f}",
                                f"{r['points_per_s']:.1f}"],
                     f"\n\n{machine}; {config.dataset} test split, one line of {args.points} points "

@@ -207,6 +207,29 @@ def test_vmap_and_loop_agree(data, name, group):
         assert np.abs(fast.error[0] - slow.error[0]).max() <= 1.0 / len(data.y)
 
 
+def test_a_channels_last_model_is_evaluated_in_channels_last_with_the_same_values(data, monkeypatch):
+    import fedsign.landscape.evaluate as evaluate_module
+
+    plain = net("resnet20")
+    params, buffers = model_state(plain)
+    d = make_directions(["gauss"], params, seed=0)["gauss"]
+    reference = evaluate_lines(plain, [Line(params, d, [-0.5, 0.0, 1.0], buffers)], data, chunk=2, vectorize=False)
+    model = net("resnet20").to(memory_format=torch.channels_last)
+    conv_layouts = []
+
+    def recording_call(module, state, args):
+        conv_layouts.extend(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                            for n, t in state.items() if n.endswith("conv2.weight"))
+        return functional_call(module, state, args)
+
+    functional_call = evaluate_module.functional_call
+    monkeypatch.setattr(evaluate_module, "functional_call", recording_call)
+    fast = evaluate_lines(model, [Line(params, d, [-0.5, 0.0, 1.0], buffers)], data, chunk=2, vectorize=False)
+    assert conv_layouts and all(conv_layouts)  # stacked, sliced, then laid out as the module's weights
+    np.testing.assert_allclose(fast.loss[0], reference.loss[0], rtol=1e-5)
+    assert np.abs(fast.error[0] - reference.error[0]).max() <= 1.0 / len(data.y)
+
+
 def test_bf16_evaluation_is_close(data):
     model = net("cnn")
     params, _ = model_state(model)

@@ -12,6 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+
+from fedsign.data import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,6 +48,7 @@ def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
     assert len(list((root / "cache" / "digits").glob("*.safetensors"))) == 6
     networks = json.loads((root / "landscape" / "trained" / "networks.json").read_text())
     assert networks["digits/resnet20-seed0"]["settings"]["lr_schedule"] == "cosine"
+    assert all(m["channels_last"] for m in networks.values())  # trained (and evaluated) in channels_last
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in networks.values())
     numbers = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())
     assert numbers["data"]["test"] == "60 seeded test images"  # test_samples
@@ -91,6 +95,13 @@ def test_time_budget_stops_before_any_training_and_other_scales_or_settings_are_
         trained_suite.run_suite(longer, tmp_path / "out", root / "cache", log=lambda _: None)
     with pytest.raises(trained_suite.SuiteError, match="init pytorch.*pass another --cache-dir"):
         trained_suite.run_suite(replace(TINY, init="fedrepo"), tmp_path / "out", root / "cache", log=lambda _: None)
+    with pytest.raises(trained_suite.SuiteError, match="channels_last True.*pass another --cache-dir"):
+        trained_suite.run_suite(replace(TINY, channels_last=False), tmp_path / "out", root / "cache",
+                                log=lambda _: None)
+    cache = trained_suite.Cache(root / "cache", TINY)
+    loaded, _ = cache.load(trained_suite.Job("digits", "resnet20", 0, replace(TINY.sgd, epochs=1)), DATASETS["digits"])
+    conv = loaded.model.get_parameter("layer1.0.conv1.weight")
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_claims_put_the_trained_verdicts_first(first_run):

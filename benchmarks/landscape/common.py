@@ -78,21 +78,23 @@ def strip_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "ones",
-              init: str = "fedrepo") -> torch.nn.Module:
-    """Network ``key`` of :data:`NETS` for ``spec``, initialized from ``seed`` by ``init`` (fedrepo | pytorch)."""
+              init: str = "fedrepo", channels_last: bool = False) -> torch.nn.Module:
+    """Network ``key`` of :data:`NETS` for ``spec``, initialized from ``seed`` by ``init`` (fedrepo | pytorch);
+    ``channels_last``: its weights in that memory layout (faster convolutions on a CPU; the same init values)."""
     arch, has_bn = NETS[key]
     model = build_variant_model(arch, spec, bn_weight_init, seed=seed, init=init)
     if not has_bn and arch == "resnet20":
         strip_batch_norm(model)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def train_model(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int, seed: int,
-                *, bn_weight_init: str = "ones", init: str = "fedrepo",
+                *, bn_weight_init: str = "ones", init: str = "fedrepo", channels_last: bool = False,
                 start: dict[str, Tensor] | None = None) -> Trained:
     """Network ``key`` built from ``seed`` by ``init`` (or started from the state ``start``), trained for ``epochs``
-    epochs through ``train_local`` (one stretch, so a cosine schedule spans all of them)."""
-    model = build_net(key, spec, seed, bn_weight_init, init)
+    epochs through ``train_local`` (one stretch, so a cosine schedule spans all of them); ``channels_last``: see
+    :func:`build_net`."""
+    model = build_net(key, spec, seed, bn_weight_init, init, channels_last)
     if start is not None:
         model.load_state_dict(start, strict=False)
     init = float_state(model)

@@ -20,6 +20,9 @@ BN policies, applied at every point (endpoints included):
 
 A model without BN has no statistics: every policy then runs as ``stale`` (and needs no ``recal_x``).
 
+Point by point, each point's parameters take the memory layout of the module's own (a model put in
+``torch.channels_last`` is evaluated in it: ~1.4x faster convolutions on a CPU, the same values).
+
 Data: an :class:`EvalData` (whole transformed tensors, the platform's route), or anything
 :func:`as_eval_data` turns into a :class:`LoaderData` -- a ``DataLoader`` or ``Dataset`` yielding
 ``(x, y, ...)``, or an ``(x, y)`` pair of tensors -- evaluated batch by batch on the model's device.
@@ -341,10 +344,21 @@ def _stack_chunk(
     return params, shared, buffers, fixed
 
 
+def _in_module_layout(model: nn.Module, params: Params) -> Params:
+    """``params`` with the memory layout of the module's own parameters (a model put in channels_last gets
+    its points in channels_last: stacking and slicing leave them contiguous, and on a CPU channels_last
+    convolutions run ~1.2-1.5x faster; the values are unchanged)."""
+    own = dict(model.named_parameters())
+    return {n: torch.empty_like(own[n]).copy_(t) if n in own and t.dim() >= 4 and t.stride() != own[n].stride()
+            else t for n, t in params.items()}
+
+
 def _forward(model, params, shared, buffers, fixed, x, vectorized: bool) -> Tensor:
-    """Logits ``[P, B, C]`` of every stacked point on the (unstacked) input ``x``."""
+    """Logits ``[P, B, C]`` of every stacked point on the (unstacked) input ``x``; point by point, each
+    point's parameters take the module's memory layout (:func:`_in_module_layout`)."""
     def run(p: Params, b: Params) -> Tensor:
-        return functional_call(model, {**shared, **p, **b, **fixed}, (x,))
+        point = {**shared, **p} if vectorized else _in_module_layout(model, {**shared, **p})
+        return functional_call(model, {**point, **b, **fixed}, (x,))
 
     if not params and not buffers:  # nothing stacked: every point is the same network
         return run({}, {})[None]
