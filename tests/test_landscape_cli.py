@@ -141,3 +141,11 @@ def test_outside_model_with_weights(tmp_path, capsys):
     assert "cannot take digits images" in error_line(capsys)
     assert main(["landscape", "curves", "--model", "nowhere.at_all:f", "--dataset", "digits", *FAST]) == 2
     assert "cannot import" in error_line(capsys)
+
+
+def test_a_run_loaded_on_a_cpu_has_its_convolutions_in_channels_last(fl_runs):
+    from fedsign.cli.landscape.common import load_run
+
+    run = load_run(fl_runs[0], torch.device("cpu"))
+    convs = [p for p in run.model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)

@@ -82,7 +82,7 @@ def load_run(path: str | Path, device: torch.device) -> LoadedRun:
         init, _ = run_state(model, run_dir / "init.safetensors", built)
     params, buffers = run_state(model, model_file, built)
     model.load_state_dict({**params, **buffers}, strict=False)
-    model.to(device)
+    place(model, device)
     data = load_dataset(config.dataset, config.data_dir or None)
     return LoadedRun(run_dir, f"{config.model} on {config.dataset} ({run_dir.name})", model,
                      to_device(params, device), to_device(buffers, device), to_device(init, device),
@@ -145,7 +145,7 @@ def load_callable(args: argparse.Namespace, device: torch.device, weights: str |
     if width != spec.num_classes:
         raise CLIError(f"--model {args.model} outputs {width} classes but {args.dataset} has {spec.num_classes}; "
                        f"pass --model-kwargs num_classes={spec.num_classes} (or the model's own option)")
-    model.to(device)
+    place(model, device)
     name = Path(weights).name if weights else "its initialization"
     return LoadedRun(Path(weights).parent if weights else Path("."), f"{args.model} ({name}) on {args.dataset}",
                      model, to_device({n: t.detach() for n, t in params.items()}, device),
@@ -160,6 +160,12 @@ def load_target(args: argparse.Namespace, path: str | None, device: torch.device
     if not path:
         raise CLIError("give a run directory, or --model package.module:callable with --weights and --dataset")
     return load_run(path, device)
+
+
+def place(model: nn.Module, device: torch.device) -> None:
+    """Move ``model`` to ``device``; on a CPU with its weights in channels_last, which ``evaluate_lines`` keeps
+    for every point (convolutions ~1.1-1.6x faster there, the same values within float rounding)."""
+    model.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
 
 
 def to_device(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
