@@ -230,6 +230,22 @@ def test_a_channels_last_model_is_evaluated_in_channels_last_with_the_same_value
     assert np.abs(fast.error[0] - reference.error[0]).max() <= 1.0 / len(data.y)
 
 
+def test_the_anchor_is_evaluated_once_for_the_lines_that_share_it(data):
+    model = net("resnet20")
+    params, buffers = model_state(model)
+    dirs = make_directions(["gauss", "sc-gauss"], params, seed=0)
+    shared = [Line(params, d, [-0.5, 0.0, 0.5], buffers) for d in dirs.values()]
+    together = evaluate_lines(model, shared, data, chunk=2, vectorize=False)
+    assert together.points == 5
+    for k, line in enumerate(shared):
+        alone = evaluate_lines(model, [line], data, chunk=2, vectorize=False)
+        np.testing.assert_array_equal(together.loss[k], alone.loss[0])
+        np.testing.assert_array_equal(together.error[k], alone.error[0])
+    other_anchor = Line(dict(params), dirs["gauss"], [0.0], buffers)  # an equal anchor, another object
+    other_buffers = Line(params, dirs["gauss"], [0.0], dict(buffers))
+    assert evaluate_lines(model, [shared[0], other_anchor, other_buffers], data, vectorize=False).points == 5
+
+
 def test_bf16_evaluation_is_close(data):
     model = net("cnn")
     params, _ = model_state(model)
@@ -267,7 +283,8 @@ def test_valley_curves_share_the_center_and_report_asymmetry(data):
     params, _ = model_state(model)
     dirs = make_directions(["sc-gauss", "gauss"], params, seed=0)
     rec = valley_curves(model, params, dirs, data, scales=(0.5, 1.0), lambdas=np.linspace(-1, 1, 5), bn="stale")
-    assert rec["timing"]["points"] == 2 * 7  # s * lambda in {0, ±0.25, ±0.5, ±1}: shared values run once
+    assert rec["timing"]["points"] == 2 * 6 + 1  # s * lambda in {0, ±0.25, ±0.5, ±1}: shared values run once,
+    # and the center of both directions once
     for curve in rec["curves"].values():
         centers = [s["error"][2] for s in curve["scales"].values()]
         assert centers[0] == centers[1]

@@ -404,6 +404,23 @@ def _chunk_metrics(model, stacked, data: EvalData | LoaderData, bn: str, vectori
     return (wrong / n).cpu().numpy(), (loss / n).cpu().numpy()
 
 
+def _points(lines: Sequence[Line]) -> tuple[list[tuple[int, float]], list[tuple[int, int]], list]:
+    """The points to evaluate, ``(line, coef)``, with their ``(line, index)`` slots, and the slots that copy
+    another's result: ``t = 0`` is the anchor itself, evaluated once for all lines sharing the anchor and
+    buffers objects (a valley's directions all start at the trained model)."""
+    items, slots, copies, anchors = [], [], [], {}
+    for i, line in enumerate(lines):
+        for j, c in enumerate(line.coefs):
+            if float(c) == 0.0:
+                first = anchors.setdefault((id(line.anchor), id(line.buffers)), (i, j))
+                if first != (i, j):
+                    copies.append(((i, j), first))
+                    continue
+            items.append((i, float(c)))
+            slots.append((i, j))
+    return items, slots, copies
+
+
 def evaluate_lines(
     model: nn.Module,
     lines: Sequence[Line],
@@ -418,6 +435,8 @@ def evaluate_lines(
 
     ``chunk`` points share one vmapped call; ``vectorize=False`` evaluates point by point;
     ``bf16`` runs forward passes under bfloat16 autocast (metrics accumulate in float64).
+    ``t = 0`` of lines sharing their anchor and buffers is evaluated once (``Evaluation.points`` counts
+    the points evaluated).
     Lines whose anchor or direction holds NaN/Inf are refused (:class:`NonFiniteError`).
     """
     data = as_eval_data(data)
@@ -432,10 +451,9 @@ def evaluate_lines(
                 checked.add(id(tensors))
     device = data.device_for(model)
     model.to(device)
-    items = [(i, float(c)) for i, line in enumerate(lines) for c in line.coefs]
+    items, slots, copies = _points(lines)
     errors = [np.empty(len(line.coefs)) for line in lines]
     losses = [np.empty(len(line.coefs)) for line in lines]
-    slots = [(i, j) for i, line in enumerate(lines) for j in range(len(line.coefs))]
     start_time = time.perf_counter()
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
@@ -451,6 +469,8 @@ def evaluate_lines(
                                        bf16, len(part), device)
         for k, (i, j) in enumerate(slots[start:start + len(part)]):
             errors[i][j], losses[i][j] = err[k], loss[k]
+    for (i, j), (a, b) in copies:
+        errors[i][j], losses[i][j] = errors[a][b], losses[a][b]
     seconds = time.perf_counter() - start_time
     return Evaluation(errors, losses, len(items), seconds, vectorize, chunk)
 
