@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = trained_suite.TrainedScale(
     groups=(trained_suite.Group("digits", ("cnn", "resnet20"), (0,), 1),),
     test_samples=60, recal_samples=40, noise_seeds=2, points=3, interp_points=4, ratios=(0.0, 1.0),
-    small_batch=128, soup_lr=0.01, fig7_nets=("resnet20",))
+    small_batch=128, soup_epochs=(1, 2), soup_lr=0.01, fig7_nets=("resnet20",))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,9 @@ def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
         assert len(res["fig8"]["lambdas"]) == 4  # interp_points
         assert res["fig4"]["ratios"] == [0.0, 1.0]
         assert set(res["fig11"]) == {"random_init", "pretrained"}
+        for arm in res["fig11"].values():  # soup_epochs: both arms' checkpoints; the top level is the last one
+            assert [c["epoch"] for c in arm["checkpoints"]] == [1, 2]
+            assert {k: v for k, v in arm.items() if k != "checkpoints"} == arm["checkpoints"][-1]
         assert res["network"] == networks[f"digits/{net}-seed0"]
     assert set(numbers["nets"]["resnet20"]["fig7"]) == {"ones", "uniform", "gaussian"}
     assert "fig7" not in numbers["nets"]["cnn"]  # no BN
@@ -123,6 +126,28 @@ def test_claims_put_the_trained_verdicts_first(first_run):
     first, reduced = document.index("## Verdicts on trained networks"), document.index("## Verdicts at reduced scale")
     assert first < reduced and "near chance" in document[reduced:]
     assert document.index("resnet20 (digits, trained") < reduced < document.index("resnet20 (CIFAR-10; 3 seeds")
+
+
+def test_fig11_halves_share_their_start_and_train_at_the_given_settings():
+    common = importlib.import_module("benchmarks.landscape.common")
+    from fedsign.data import load_dataset
+    from fedsign.landscape.soups import split_halves
+    from fedsign.training import TrainSettings
+
+    digits = load_dataset("digits")
+    x, y = digits.train_x[:256], digits.train_y[:256].long()
+    halves = split_halves(len(x), 0)
+    still = TrainSettings(epochs=1, batch_size=64, lr=0.0, momentum=0.0)
+    model, theta_i, a, b = common.train_halves("cnn", DATASETS["digits"], x, y, halves, still, [1, 2], 0)
+    assert sorted(a) == sorted(b) == [1, 2]
+    fresh = common.build_net("cnn", DATASETS["digits"], 0)
+    assert all(torch.equal(theta_i[k], v) for k, v in fresh.state_dict().items())  # the seeded init
+    assert all(torch.equal(s[k], theta_i[k]) for s in (*a.values(), *b.values()) for k in theta_i)  # lr 0: no move
+    start = {k: v + 1.0 for k, v in theta_i.items()}
+    moving = replace(still, lr=0.05)
+    _, from_start, a, b = common.train_halves("cnn", DATASETS["digits"], x, y, halves, moving, [1], 0, start=start)
+    assert all(torch.equal(from_start[k], start[k]) for k in start)
+    assert any(not torch.equal(a[1][k], b[1][k]) for k in a[1])  # other data, another model
 
 
 def test_cli_options_set_the_trained_scale():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from fedsign.data import make_batch_transform
 from fedsign.landscape import (
@@ -29,7 +30,7 @@ from fedsign.landscape.soups import soup_record, split_halves
 from fedsign.training import TrainSettings, derive_seed
 
 from .common import (BN, FIG7_FILTER_1D, FIG7_SCALES, NETS, OUT, QUICK_OUT, Trained, accuracy, bn_init_figure,
-                     curve_options, load_permuted, run_header, train_model)
+                     curve_options, load_permuted, run_header, train_halves, train_model)
 
 BN_NETS = ("resnet20", "resnet20-nobn", "vgg8_bn", "vgg8")  # keys of NETS
 
@@ -76,12 +77,15 @@ def interpolation_figure(t: Trained, small: Trained, data: EvalData, points: int
 
 def net_figures(key: str, t: Trained, data: EvalData, scale, seed: int, out: Path, title: str,
                 train_twin: Callable[[], Trained] | None,
-                train_halves: Callable[[dict | None], tuple[Trained, Trained]], batch_sizes: tuple[int, int]) -> dict:
+                train_halves: Callable[[dict | None], tuple[torch.nn.Module, dict, dict, dict]],
+                batch_sizes: tuple[int, int]) -> dict:
     """Figs. 3, 4, 5, 8 and 11 for the trained net ``t`` (noise on ALL, NS, s = 1, BN recalibrated), PNGs
     ``fig<k>_<key>.png`` in ``out``, each titled ``Fig. k-style: `` + ``title``. ``scale`` gives
     ``noise_seeds`` (Fig. 3 draws), ``points``, ``ratios``, ``interp_points`` and ``soup_epochs``;
     ``train_twin()``: θ1 of Fig. 8 (θf's initialization, the smaller batch of ``batch_sizes``; None: no Fig. 8);
-    ``train_halves(start)``: the two Fig. 11 models from ``start`` (None: θf's initialization)."""
+    ``train_halves(start)``: the two Fig. 11 models from ``start`` (None: θf's initialization), as
+    :func:`~.common.train_halves` returns them; ``fig11[arm]`` holds every checkpoint and, at its top level,
+    the last one."""
     res: dict = {"test_accuracy": accuracy(t, data), "train_seconds": t.seconds}
     names = select_parameters(t.model, "ALL")
     theta = {n: t.params[n] for n in names}
@@ -111,13 +115,11 @@ def net_figures(key: str, t: Trained, data: EvalData, scale, seed: int, out: Pat
     # Fig. 11: two halves, from the seeded init vs from theta_f
     res["fig11"] = {}
     for arm, start in (("random_init", None), ("pretrained", {**t.params, **t.buffers})):
-        a, b = train_halves(start)
-        rec = soup_record(a.model, a.init, {scale.soup_epochs: {**a.params, **a.buffers}},
-                          {scale.soup_epochs: {**b.params, **b.buffers}}, data, lambdas=[0.0, 0.5, 1.0], bn=BN,
-                          vectorize=False)
-        row = rec["checkpoints"][0]
-        res["fig11"][arm] = {"accuracy": row["accuracy"], "gap": row["gap"], "ssr_ab": row["ssr_ab"]["all"],
-                             "ssr_ia": row["ssr_ia"]["all"], "ssr_ib": row["ssr_ib"]["all"]}
+        model, theta_i, states_a, states_b = train_halves(start)
+        rec = soup_record(model, theta_i, states_a, states_b, data, lambdas=[0.0, 0.5, 1.0], bn=BN, vectorize=False)
+        rows = [{"epoch": row["epoch"], "accuracy": row["accuracy"], "gap": row["gap"], "ssr_ab": row["ssr_ab"]["all"],
+                 "ssr_ia": row["ssr_ia"]["all"], "ssr_ib": row["ssr_ib"]["all"]} for row in rec["checkpoints"]]
+        res["fig11"][arm] = {**rows[-1], "checkpoints": rows}
     return res
 
 
@@ -155,8 +157,8 @@ def run(args: argparse.Namespace) -> None:
 
         def halves(begin, key=key, settings=settings):
             # both halves of fresh images from one start: the seeded init (theta_f's) or theta_f itself
-            return tuple(train_model(key, spec, soup_x[half], soup_y[half], settings, scale.soup_epochs, seed,
-                                     start=begin) for half in split_halves(len(soup_x), seed))
+            return train_halves(key, spec, soup_x, soup_y, split_halves(len(soup_x), seed), settings,
+                                [scale.soup_epochs], seed, start=begin)
 
         numbers["nets"][key] = net_figures(key, t, data, scale, seed, out, title, twin, halves,
                                            (BN_SMALL_BATCH, settings.batch_size))

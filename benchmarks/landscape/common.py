@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,6 +103,22 @@ def train_model(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: Tra
     states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1))
     params, buffers = split_state(model, states[epochs])
     return Trained(model, params, buffers, split_state(model, init)[0], time.perf_counter() - begin)
+
+
+def train_halves(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, halves: Sequence[Tensor], settings: TrainSettings,
+                 epochs: Sequence[int], seed: int, *, init: str = "fedrepo", channels_last: bool = False,
+                 start: dict[str, Tensor] | None = None) -> tuple[torch.nn.Module, dict, dict, dict]:
+    """Fig. 11's two models: network ``key`` built from ``seed`` (or started from the state ``start``) and trained
+    on each index set of ``halves`` alike, with checkpoints at ``epochs`` (:func:`train_checkpoints`).
+    Returns the second model, the common start θ_I and each half's ``{epoch: state}``."""
+    states = []
+    for half in halves:
+        model = build_net(key, spec, seed, "ones", init, channels_last)
+        if start is not None:
+            model.load_state_dict(start, strict=False)
+        theta_i = float_state(model)
+        states.append(train_checkpoints(model, x[half], y[half], spec, settings, epochs, seed=derive_seed(seed, 1))[0])
+    return model, theta_i, states[0], states[1]
 
 
 def accuracy(t: Trained, data: EvalData) -> float:
