@@ -89,15 +89,22 @@ def build_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "one
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def start_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "ones", init: str = "fedrepo",
+              channels_last: bool = False, start: dict[str, Tensor] | None = None) -> torch.nn.Module:
+    """:func:`build_net`, then the state ``start`` loaded into it when given."""
+    model = build_net(key, spec, seed, bn_weight_init, init, channels_last)
+    if start is not None:
+        model.load_state_dict(start, strict=False)
+    return model
+
+
 def train_model(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int, seed: int,
                 *, bn_weight_init: str = "ones", init: str = "fedrepo", channels_last: bool = False,
                 start: dict[str, Tensor] | None = None) -> Trained:
     """Network ``key`` built from ``seed`` by ``init`` (or started from the state ``start``), trained for ``epochs``
     epochs through ``train_local`` (one stretch, so a cosine schedule spans all of them); ``channels_last``: see
     :func:`build_net`."""
-    model = build_net(key, spec, seed, bn_weight_init, init, channels_last)
-    if start is not None:
-        model.load_state_dict(start, strict=False)
+    model = start_net(key, spec, seed, bn_weight_init, init, channels_last, start)
     init = float_state(model)
     begin = time.perf_counter()
     states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1))
@@ -113,9 +120,7 @@ def train_halves(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, halves: Sequ
     Returns the second model, the common start θ_I and each half's ``{epoch: state}``."""
     states = []
     for half in halves:
-        model = build_net(key, spec, seed, "ones", init, channels_last)
-        if start is not None:
-            model.load_state_dict(start, strict=False)
+        model = start_net(key, spec, seed, init=init, channels_last=channels_last, start=start)
         theta_i = float_state(model)
         states.append(train_checkpoints(model, x[half], y[half], spec, settings, epochs, seed=derive_seed(seed, 1))[0])
     return model, theta_i, states[0], states[1]
