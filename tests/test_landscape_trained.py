@@ -184,3 +184,41 @@ def test_a_selection_runs_only_its_networks_and_folders_and_the_rest_resumes_int
     assert rest["trained"] == ["digits/resnet20-seed1"]  # seed 0's from the copied cache
     with pytest.raises(trained_suite.SuiteError, match="'digits-seed7' is not in the suite; runs: digits-seed0"):
         trained_suite.run_suite(two_seeds, out, cache, runs=["digits-seed7"], log=lambda _: None)
+
+
+def test_an_analysis_stopped_part_way_resumes_from_its_finished_parts_with_the_same_numbers(first_run, tmp_path,
+                                                                                            monkeypatch):
+    root, _ = first_run
+    bn_suite = importlib.import_module("benchmarks.landscape.bn_suite")
+    out = tmp_path / "out"
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    with monkeypatch.context() as patch:  # the run stops in Fig. 11, after Figs. 3, 4, 5 and 8
+        patch.setattr(bn_suite, "soup_record", stop)
+        with pytest.raises(Stop):
+            trained_suite.run_suite(TINY, out, root / "cache", nets=["cnn"], log=lambda _: None)
+    steps_path = out / "digits-seed0" / "steps_cnn.json"
+    assert list(json.loads(steps_path.read_text())["steps"]) == ["fig3_draw0", "fig3_draw1", "fig4", "fig5", "fig8"]
+    with pytest.raises(trained_suite.SuiteError, match="steps_cnn.json holds numbers of another scale"):
+        trained_suite.run_suite(replace(TINY, noise_seeds=3), out, root / "cache", nets=["cnn"], log=lambda _: None)
+    curves, logged = [], []
+    monkeypatch.setattr(bn_suite, "valley_curves", lambda *a, **k: curves.append(1))  # must not run again
+    done = trained_suite.run_suite(TINY, out, root / "cache", nets=["cnn"], log=logged.append)
+    assert done["analysed"] == ["digits/cnn-seed0"] and curves == []
+    assert logged[0] == "resuming the analysis of digits/cnn-seed0 after fig3_draw0, fig3_draw1, fig4, fig5, fig8"
+    assert not steps_path.exists()  # numbers.json holds the network now
+    resumed = json.loads((out / "digits-seed0" / "numbers.json").read_text())["nets"]["cnn"]
+    whole = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())["nets"]["cnn"]
+    assert untimed(resumed) == untimed(whole)  # the parts read back are what an uninterrupted analysis writes
+
+
+def untimed(record):
+    """``record`` without its evaluation timings (wall-clock seconds differ between runs)."""
+    if isinstance(record, dict):
+        return {k: untimed(v) for k, v in record.items() if k != "timing"}
+    return [untimed(v) for v in record] if isinstance(record, list) else record

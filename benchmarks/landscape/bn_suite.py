@@ -8,7 +8,7 @@ import argparse
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,51 +75,75 @@ def interpolation_figure(t: Trained, small: Trained, data: EvalData, points: int
                                 "theta2_side": float(err[lam >= 1].mean())}}
 
 
+Step = Callable[[str, Callable[[], Any]], Any]
+
+
+def run_step(name: str, compute: Callable[[], Any]) -> Any:
+    """The default :data:`Step`: compute it (a resumable suite passes one that stores each step's result)."""
+    return compute()
+
+
 def net_figures(key: str, t: Trained, data: EvalData, scale, seed: int, out: Path, title: str,
                 train_twin: Callable[[], Trained] | None,
                 train_halves: Callable[[dict | None], tuple[torch.nn.Module, dict, dict, dict]],
-                batch_sizes: tuple[int, int]) -> dict:
+                batch_sizes: tuple[int, int], step: Step = run_step) -> dict:
     """Figs. 3, 4, 5, 8 and 11 for the trained net ``t`` (noise on ALL, NS, s = 1, BN recalibrated), PNGs
     ``fig<k>_<key>.png`` in ``out``, each titled ``Fig. k-style: `` + ``title``. ``scale`` gives
     ``noise_seeds`` (Fig. 3 draws), ``points``, ``ratios``, ``interp_points`` and ``soup_epochs``;
     ``train_twin()``: θ1 of Fig. 8 (θf's initialization, the smaller batch of ``batch_sizes``; None: no Fig. 8);
     ``train_halves(start)``: the two Fig. 11 models from ``start`` (None: θf's initialization), as
     :func:`~.common.train_halves` returns them; ``fig11[arm]`` holds every checkpoint and, at its top level,
-    the last one."""
+    the last one. Each part (a Fig. 3 draw, Fig. 4, 5, 8, a Fig. 11 arm) runs through ``step(name, compute)``;
+    each depends only on the seeds, so a part's stored result stands in for computing it again."""
     res: dict = {"test_accuracy": accuracy(t, data), "train_seconds": t.seconds}
     names = select_parameters(t.model, "ALL")
     theta = {n: t.params[n] for n in names}
     opts = curve_options(t, scale.points)
     rows3 = [list(DIRECTION_SETS["common"]), list(DIRECTION_SETS["common-sc"])]
-    fig3 = []
-    for k in range(scale.noise_seeds):  # Fig. 3 with several noise draws
+
+    def fig3_draw(k: int) -> dict:
         dirs = make_directions([d for row in rows3 for d in row], theta, derive_seed(seed, 100 + k))
         record = valley_curves(t.model, t.params, dirs, data, scales=(1.0,), **opts)
-        fig3.append({name: _asym(record, name) for name in record["curves"]})
+        draw = {"asymmetry": {name: _asym(record, name) for name in record["curves"]}}
         if k == 0:
             plots.plot_valleys(record, rows3, out / f"fig3_{key}.png", "error", "Fig. 3-style: " + title)
-            res["fig3_record"] = record
-    res["fig3"] = {name: [draw[name] for draw in fig3] for name in fig3[0]}
-    ratio = ratio_sweep(t.model, t.params, names, data, ratios=scale.ratios, seed=seed, **opts)
-    plots.plot_ratio_sweep(ratio, out / f"fig4_{key}.png", "Fig. 4-style: " + title)
-    res["fig4"] = ratio["sweep"]
-    special = make_directions(list(DIRECTION_SETS["special"]), theta, seed, theta0=t.init)
-    record = valley_curves(t.model, t.params, special, data, scales=(1.0,), **opts)
-    plots.plot_valleys(record, [list(DIRECTION_SETS["special"])], out / f"fig5_{key}.png", "error",
-                       "Fig. 5-style: " + title)
-    res["fig5"] = {name: _asym(record, name) for name in record["curves"]}
-    res["fig5_record"] = record
+            draw["record"] = record
+        return draw
+
+    fig3 = [step(f"fig3_draw{k}", lambda k=k: fig3_draw(k)) for k in range(scale.noise_seeds)]  # several draws
+    res["fig3_record"] = fig3[0]["record"]
+    res["fig3"] = {name: [draw["asymmetry"][name] for draw in fig3] for name in fig3[0]["asymmetry"]}
+
+    def fig4() -> dict:
+        ratio = ratio_sweep(t.model, t.params, names, data, ratios=scale.ratios, seed=seed, **opts)
+        plots.plot_ratio_sweep(ratio, out / f"fig4_{key}.png", "Fig. 4-style: " + title)
+        return ratio["sweep"]
+
+    res["fig4"] = step("fig4", fig4)
+
+    def fig5() -> dict:
+        special = make_directions(list(DIRECTION_SETS["special"]), theta, seed, theta0=t.init)
+        record = valley_curves(t.model, t.params, special, data, scales=(1.0,), **opts)
+        plots.plot_valleys(record, [list(DIRECTION_SETS["special"])], out / f"fig5_{key}.png", "error",
+                           "Fig. 5-style: " + title)
+        return {"asymmetry": {name: _asym(record, name) for name in record["curves"]}, "record": record}
+
+    special = step("fig5", fig5)
+    res["fig5"], res["fig5_record"] = special["asymmetry"], special["record"]
     if train_twin is not None:  # Fig. 8: the same init trained with a small batch (theta_1) vs theta_f (theta_2)
-        res["fig8"] = interpolation_figure(t, train_twin(), data, scale.interp_points, out / f"fig8_{key}.png",
-                                           "Fig. 8-style: " + title, batch_sizes)
-    # Fig. 11: two halves, from the seeded init vs from theta_f
-    res["fig11"] = {}
-    for arm, start in (("random_init", None), ("pretrained", {**t.params, **t.buffers})):
+        res["fig8"] = step("fig8", lambda: interpolation_figure(
+            t, train_twin(), data, scale.interp_points, out / f"fig8_{key}.png", "Fig. 8-style: " + title,
+            batch_sizes))
+
+    def fig11(start: dict | None) -> dict:  # two halves, from the seeded init or from theta_f
         model, theta_i, states_a, states_b = train_halves(start)
         rec = soup_record(model, theta_i, states_a, states_b, data, lambdas=[0.0, 0.5, 1.0], bn=BN, vectorize=False)
         rows = [{"epoch": row["epoch"], "accuracy": row["accuracy"], "gap": row["gap"], "ssr_ab": row["ssr_ab"]["all"],
                  "ssr_ia": row["ssr_ia"]["all"], "ssr_ib": row["ssr_ib"]["all"]} for row in rec["checkpoints"]]
-        res["fig11"][arm] = {**rows[-1], "checkpoints": rows}
+        return {**rows[-1], "checkpoints": rows}
+
+    res["fig11"] = {arm: step(f"fig11_{arm}", lambda start=start: fig11(start))
+                    for arm, start in (("random_init", None), ("pretrained", {**t.params, **t.buffers}))}
     return res
 
 

@@ -7,7 +7,9 @@ schedule over the epochs, weight decay 5e-4, batch 256). Weights are cached as s
 (outside git, default :data:`CACHE`) with a JSON of the network's test accuracy and training time beside
 each; a cached network is loaded, not trained again. The analysis of each network is written to
 ``out/<dataset>-seed<k>/numbers.json`` as soon as it is done (the BN suite's layout), and a network whose
-numbers are there is skipped: the suite resumes where it stopped. ``time_budget``: no training or analysis
+numbers are there is skipped: the suite resumes where it stopped. Within an analysis each finished part (a
+Fig. 3 draw, Fig. 4, 5, 7, 8, a Fig. 11 arm) is kept in ``steps_<net>.json`` beside it (:class:`Steps`), so an
+analysis stopped part-way resumes from its last finished part. ``time_budget``: no training or analysis
 starts after that many seconds.
 """
 
@@ -134,11 +136,38 @@ def check_scale(scale: TrainedScale) -> None:
 
 
 def check_out(out: Path, scale: TrainedScale) -> None:
-    """Refuse, before any work, an ``out`` holding numbers of another scale (they would be mixed or lost)."""
+    """Refuse, before any work, an ``out`` holding numbers (or parts of an analysis) of another scale (they
+    would be mixed or lost)."""
     wanted = json.loads(to_json(asdict(scale)))
-    for path in sorted(out.glob("*/numbers.json")):
-        if json.loads(path.read_text()).get("scale") != wanted:
+    for path in sorted(out.glob("*/numbers.json")) + sorted(out.glob("*/steps_*.json")):
+        stored = json.loads(path.read_text())
+        if stored.get("scale", stored.get("key", {}).get("scale")) != wanted:
             raise SuiteError(f"{path} holds numbers of another scale; pass another --out (or move that folder)")
+
+
+class Steps:
+    """The finished parts of one network's analysis (the ``step`` of :func:`~.bn_suite.net_figures`), kept in
+    ``path`` after each part with ``key`` (the scale and the analysed networks' JSON): a part stored there is
+    read back, not computed again. A file of another key is refused (it would mix two analyses)."""
+
+    def __init__(self, path: Path, key: dict):
+        self.path, self.key, self.done = path, json.loads(to_json(key)), {}
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored["key"] != self.key:
+                raise SuiteError(f"{path} holds parts of an analysis of other networks (another cache?); "
+                                 "delete it or pass another --out")
+            self.done = stored["steps"]
+
+    def __call__(self, name: str, compute):
+        if name in self.done:
+            return self.done[name]
+        value = compute()
+        self.done[name] = json.loads(to_json(value))
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(to_json({"key": self.key, "steps": self.done}) + "\n")
+        partial.replace(self.path)
+        return value
 
 
 class Cache:
@@ -280,10 +309,15 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                                         recal_samples=scale.recal_samples, seed=seed)
                 numbers = numbers or numbers_header(scale, group.dataset, seed, threads, dataset, data)
                 trained = {role: cache.load(job, spec) for role, job in jobs.items()}
-                res = analyse(net, group, seed, trained, dataset, data, scale, folder)
+                steps = Steps(folder / f"steps_{net}.json",
+                              {"scale": asdict(scale), "networks": {role: meta for role, (_, meta) in trained.items()}})
+                if steps.done:
+                    log(f"resuming the analysis of {group.dataset}/{net}-seed{seed} after {', '.join(steps.done)}")
+                res = analyse(net, group, seed, trained, dataset, data, scale, folder, steps)
                 numbers["nets"][net] = res
                 numbers["seconds"][net] = time.perf_counter() - start
                 write_record(folder, "numbers", numbers)
+                steps.path.unlink()
                 done["analysed"].append(f"{group.dataset}/{net}-seed{seed}")
                 log(f"[{time.perf_counter() - begin:7.0f} s] analysed {group.dataset}/{net}-seed{seed} "
                     f"in {numbers['seconds'][net]:.0f} s")
@@ -303,9 +337,10 @@ def numbers_header(scale: TrainedScale, dataset_name: str, seed: int, threads: i
 
 
 def analyse(net: str, group: Group, seed: int, trained: dict[str, tuple[Trained, dict]], dataset, data,
-            scale: TrainedScale, folder: Path) -> dict:
+            scale: TrainedScale, folder: Path, steps: Steps) -> dict:
     """Figs. 3, 4, 5, 8, 11 (and 7) of network ``net`` from its trained networks (role -> (model, JSON), see
-    :func:`jobs_for`); PNGs in ``folder``, titled with network, dataset and test accuracy."""
+    :func:`jobs_for`), each part through ``steps``; PNGs in ``folder``, titled with network, dataset and test
+    accuracy."""
     spec = dataset.spec
     t, meta = trained["main"]
     title = (f"{net} on {DATASET_TITLES[group.dataset]}, trained {group.epochs} epochs "
@@ -318,13 +353,14 @@ def analyse(net: str, group: Group, seed: int, trained: dict[str, tuple[Trained,
                             channels_last=scale.channels_last, start=start)
 
     twin = (lambda: trained["twin"][0]) if "twin" in trained else None
-    res = net_figures(net, t, data, scale, seed, folder, title, twin, halves, (scale.small_batch, scale.sgd.batch_size))
+    res = net_figures(net, t, data, scale, seed, folder, title, twin, halves, (scale.small_batch, scale.sgd.batch_size),
+                      steps)
     res["network"] = meta
     if "uniform" in trained:
-        res["fig7"] = bn_init_figure(
+        res["fig7"] = steps("fig7", lambda: bn_init_figure(
             net, spec, dataset.train_x, dataset.train_y.long(), scale.sgd, group.epochs, data, scale.points, seed,
             folder / f"fig7_{net}.png", f"Fig. 7-style: {title}, BN weight init",
-            trained={"ones": t, "uniform": trained["uniform"][0], "gaussian": trained["gaussian"][0]})
+            trained={"ones": t, "uniform": trained["uniform"][0], "gaussian": trained["gaussian"][0]}))
     return res
 
 
