@@ -212,7 +212,11 @@ def test_an_analysis_stopped_part_way_resumes_from_its_finished_parts_with_the_s
     assert done["analysed"] == ["digits/cnn-seed0"] and curves == []
     assert logged[0] == "resuming the analysis of digits/cnn-seed0 after fig3_draw0, fig3_draw1, fig4, fig5, fig8"
     assert not steps_path.exists()  # numbers.json holds the network now
-    resumed = json.loads((out / "digits-seed0" / "numbers.json").read_text())["nets"]["cnn"]
+    numbers = json.loads((out / "digits-seed0" / "numbers.json").read_text())
+    parts = numbers["step_seconds"]["cnn"]  # the first call's parts are timed too, and counted in the analysis
+    assert list(parts) == ["fig3_draw0", "fig3_draw1", "fig4", "fig5", "fig8", "fig11_random_init", "fig11_pretrained"]
+    assert numbers["seconds"]["cnn"] > sum(parts.values()) > sum(parts[k] for k in list(parts)[:5]) > 0
+    resumed = numbers["nets"]["cnn"]
     whole = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())["nets"]["cnn"]
     assert untimed(resumed) == untimed(whole)  # the parts read back are what an uninterrupted analysis writes
 

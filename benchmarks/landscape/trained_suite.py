@@ -147,25 +147,29 @@ def check_out(out: Path, scale: TrainedScale) -> None:
 
 class Steps:
     """The finished parts of one network's analysis (the ``step`` of :func:`~.bn_suite.net_figures`), kept in
-    ``path`` after each part with ``key`` (the scale and the analysed networks' JSON): a part stored there is
-    read back, not computed again. A file of another key is refused (it would mix two analyses)."""
+    ``path`` after each part with ``key`` (the scale and the analysed networks' JSON) and its wall seconds: a
+    part stored there is read back, not computed again. A file of another key is refused (it would mix two
+    analyses)."""
 
     def __init__(self, path: Path, key: dict):
-        self.path, self.key, self.done = path, json.loads(to_json(key)), {}
+        self.path, self.key, self.done, self.seconds = path, json.loads(to_json(key)), {}, {}
         if path.is_file():
             stored = json.loads(path.read_text())
             if stored["key"] != self.key:
                 raise SuiteError(f"{path} holds parts of an analysis of other networks (another cache?); "
                                  "delete it or pass another --out")
-            self.done = stored["steps"]
+            self.done, self.seconds = stored["steps"], stored.get("seconds", {})
+        self.resumed_seconds = sum(self.seconds.values())  # spent by earlier calls on the parts read back
 
     def __call__(self, name: str, compute):
         if name in self.done:
             return self.done[name]
+        start = time.perf_counter()
         value = compute()
+        self.seconds[name] = time.perf_counter() - start
         self.done[name] = json.loads(to_json(value))
         partial = self.path.with_suffix(".partial")
-        partial.write_text(to_json({"key": self.key, "steps": self.done}) + "\n")
+        partial.write_text(to_json({"key": self.key, "steps": self.done, "seconds": self.seconds}) + "\n")
         partial.replace(self.path)
         return value
 
@@ -315,9 +319,10 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                     log(f"resuming the analysis of {group.dataset}/{net}-seed{seed} after {', '.join(steps.done)}")
                 res = analyse(net, group, seed, trained, dataset, data, scale, folder, steps)
                 numbers["nets"][net] = res
-                numbers["seconds"][net] = time.perf_counter() - start
+                numbers["seconds"][net] = time.perf_counter() - start + steps.resumed_seconds
+                numbers.setdefault("step_seconds", {})[net] = steps.seconds
                 write_record(folder, "numbers", numbers)
-                steps.path.unlink()
+                steps.path.unlink(missing_ok=True)
                 done["analysed"].append(f"{group.dataset}/{net}-seed{seed}")
                 log(f"[{time.perf_counter() - begin:7.0f} s] analysed {group.dataset}/{net}-seed{seed} "
                     f"in {numbers['seconds'][net]:.0f} s")
