@@ -281,6 +281,18 @@ def _mean_accuracy(bn_seeds: list[dict]) -> dict[str, float]:
             for key in bn_seeds[0]["nets"]}
 
 
+def pending_description(trained: list[dict]) -> list[str]:
+    """A warning paragraph naming the networks of the trained suite's scale not analysed yet (none: no lines)."""
+    analysed = {(n["dataset"], key, n["seed"]) for n in trained for key in n["nets"]}
+    suite = [(g["dataset"], key, seed) for g in trained[0]["scale"]["groups"] for key in g["nets"] for seed in g["seeds"]]
+    pending = [f"{DATASET_TITLES[d]} {key} seed {seed}" for d, key, seed in suite if (d, key, seed) not in analysed]
+    if not pending:
+        return []
+    return [f"**The trained suite is not complete**: {len(suite) - len(pending)} of {len(suite)} networks analysed; "
+            f"still to come: {', '.join(pending)}. The trained verdicts below read only the analysed networks "
+            "(each row says how many seeds), and change as the rest arrive.", ""]
+
+
 def trained_description(trained: list[dict]) -> list[str]:
     """'What was run' for the trained suite, read from its numbers.json files (or that there are none yet)."""
     if not trained:
@@ -302,6 +314,7 @@ def trained_description(trained: list[dict]) -> list[str]:
     extra = "the first " + ", ".join(f"{g['extra_seeds']} {DATASET_TITLES[g['dataset']]}" for g in sc["groups"]) + \
         " seed(s) of each network"
     return [
+        *pending_description(trained),
         f"**Trained suite** (`benchmarks/landscape_figures.py --suite trained`, in `trained/<dataset>-seed<k>/`, "
         f"weights cached outside git): every network trained on its full training split through `train_local`, "
         f"SGD batch {sgd['batch_size']}, momentum {sgd['momentum']}, weight decay {sgd['weight_decay']}, lr "
