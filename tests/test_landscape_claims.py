@@ -80,3 +80,12 @@ def test_committed_claims_files_are_what_the_code_writes(lf):
     assert (LANDSCAPE / "claims_table.md").read_text() == lf.claims_table(lf.table_rows(numbers))
     assert (LANDSCAPE / "CLAIMS.md").read_text() == lf.claims_document(**numbers), \
         "CLAIMS.md is generated: run `python benchmarks/landscape_figures.py --claims`"
+
+
+def test_fig3_noise_asymmetries_pool_seeds_and_draws_and_a_fixed_direction_counts_once_per_seed(lf):
+    """NOISE_RULES: Fig. 3's SE is over seeds × draws; {1} (the same in every draw) gives one value per seed."""
+    assert lf.fig3_values([[0.1, 0.3], [0.2, 0.4]]) == [0.1, 0.3, 0.2, 0.4]
+    assert lf.fig3_values([[-0.017] * 5, [-0.02] * 5]) == [-0.017, -0.02]
+    one_seed = lf.Stat(lf.fig3_values([[0.04, 0.05, 0.06, -0.09, -0.02]]), 3 / 2000)
+    assert one_seed.se > 0.02 and not (one_seed.positive or one_seed.negative)  # draws spread: within noise
+    assert "over seeds × noise draws for Fig. 3" in " ".join(lf.NOISE_RULES)

@@ -30,9 +30,11 @@ CLAIM_TEXT = {
 NOISE_RULES = (
     "Error asymmetry = mean test error over λ ≤ 0 − mean over λ ≥ 0 (λ = 0 in both): > 0 means the positive "
     "side is flatter.",
-    "A quantity is *beyond noise* when its mean over seeds exceeds a threshold: the larger of 3 test images' "
-    "worth of error (3 / the test images per point) and twice its standard error over the seeds (per-seed "
-    "values are means over the noise draws). Values are printed as mean ± SE.",
+    "A quantity is *beyond noise* when its mean exceeds a threshold: the larger of 3 test images' worth of "
+    "error (3 / the test images per point) and twice its standard error. The standard error is over seeds × "
+    "noise draws for Fig. 3's noise asymmetries (each draw of each seed one value; a direction the same in "
+    "every draw, {1}, one value per seed) and over seeds for every other quantity. Values are printed as "
+    "mean ± SE.",
 )
 RULES = {
     "C1": "holds when all 7 sign-consistent noises are positive beyond noise; contradicted when any is negative "
@@ -159,11 +161,19 @@ def _c7_verdict(gain: Stat, pretrained_gap: Stat, ssr_higher_every_seed: bool) -
     return "contradicted" if gain.negative else "within noise"
 
 
+def fig3_values(draws: list[list[float]]) -> list[float]:
+    """Fig. 3's values of one noise over seeds (``draws[seed]``: its asymmetry per noise draw): every draw of
+    every seed, or one value per seed for a direction that is the same in every draw ({1})."""
+    if all(len(set(seed)) == 1 for seed in draws):
+        return [seed[0] for seed in draws]
+    return [v for seed in draws for v in seed]
+
+
 def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tuple[str, str, str, str]]:
     """C1-C7 rows of one network over its seeds (``runs``: one result dict per seed; ``has_bn``: the net
     has BatchNorm, for C2's exception)."""
     rows = []
-    fig3 = {k: Stat([np.mean(r["fig3"][k]) for r in runs], base) for k in runs[0]["fig3"]}
+    fig3 = {k: Stat(fig3_values([r["fig3"][k] for r in runs]), base) for k in runs[0]["fig3"]}
     sc = [fig3[f"sc-{n}"] for n in COMMON]
     v1 = "holds" if all(v.positive for v in sc) else "contradicted" if any(v.negative for v in sc) else \
         f"within noise ({sum(v.positive for v in sc)}/7 beyond noise)"
