@@ -158,7 +158,7 @@ class Steps:
             if stored["key"] != self.key:
                 raise SuiteError(f"{path} holds parts of an analysis of other networks (another cache?); "
                                  "delete it or pass another --out")
-            self.done, self.seconds = stored["steps"], stored.get("seconds", {})
+            self.done, self.seconds = stored["steps"], stored["seconds"]
         self.resumed_seconds = sum(self.seconds.values())  # spent by earlier calls on the parts read back
 
     def __call__(self, name: str, compute):
