@@ -59,6 +59,45 @@ class TrainStats:
     term_grad_ratio: float | None = None  # ||grad term|| / ||grad CE|| on the first step, when measured
 
 
+@dataclass
+class TrainProgress:
+    """Where a ``train_local`` call stands after a whole epoch: with it, another call of the same arguments
+    continues bitwise where this one was. ``model``: the full state dict; ``momentum``: SGD's buffers by
+    parameter name; ``generator`` / ``rng`` / ``cuda_rng``: the batch generator's and the global RNG states
+    (``cuda_rng`` empty on a CPU); ``total`` / ``total_ce``: the running loss sums (0-d CPU tensors);
+    ``norms``: the measured first step's (||grad term||, ||grad CE||), or None."""
+
+    epochs_done: int
+    steps: int
+    model: dict[str, Tensor]
+    momentum: dict[str, Tensor]
+    generator: Tensor
+    rng: Tensor
+    cuda_rng: Tensor
+    total: Tensor
+    total_ce: Tensor
+    norms: tuple[float, float] | None = None
+
+    def to_tensors(self) -> tuple[dict[str, Tensor], dict]:
+        """The progress as flat ``{name: tensor}`` (for safetensors) and its JSON-able numbers."""
+        tensors = {**{f"model/{k}": v for k, v in self.model.items()},
+                   **{f"momentum/{k}": v for k, v in self.momentum.items()},
+                   "generator": self.generator, "rng": self.rng, "cuda_rng": self.cuda_rng,
+                   "total": self.total, "total_ce": self.total_ce}
+        return ({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                {"epochs_done": self.epochs_done, "steps": self.steps, "norms": self.norms})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], numbers: dict) -> TrainProgress:
+        """The inverse of :meth:`to_tensors`."""
+        def group(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        norms = numbers["norms"]
+        return cls(int(numbers["epochs_done"]), int(numbers["steps"]), group("model/"), group("momentum/"),
+                   tensors["generator"], tensors["rng"], tensors["cuda_rng"], tensors["total"], tensors["total_ce"],
+                   None if norms is None else (float(norms[0]), float(norms[1])))
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived deterministically from integers (run seed, round, client...)."""
     state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
@@ -113,6 +152,8 @@ def train_local(
     transform: BatchTransform,
     term: LossTerm | None = None,
     measure_term: bool = False,
+    resume: TrainProgress | None = None,
+    on_epoch: Callable[[TrainProgress], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with SGD on ``(images, labels)``.
 
@@ -126,6 +167,9 @@ def train_local(
     trainable parameters, at the cost of one backward pass of the term. For a term of the
     parameters alone (FedSign, FedProx, FedDyn) the step is bitwise the one a joint backward takes;
     for a term of the features (MOON) it equals it up to float rounding.
+
+    ``on_epoch``: called after every epoch but the last with a :class:`TrainProgress` (copies); ``resume``:
+    such a progress of a call with the same arguments, whose epochs are not taken again.
     """
     if len(images) == 0:
         raise ValueError("train_local got an empty dataset")
@@ -144,7 +188,10 @@ def train_local(
     total, total_ce, steps = 0.0, 0.0, 0
     norms = None  # (||grad term||, ||grad CE||) of the first step, when measured
     batches = batch_order(len(images), settings.batch_size, settings.epochs, generator)
-    for idx in batches:
+    per_epoch = len(batches) // max(settings.epochs, 1)
+    if resume is not None:
+        total, total_ce, steps, norms = _restore(resume, model, optimizer, generator, settings, per_epoch, device)
+    for idx in batches[steps:]:
         idx = idx.to(device)
         x = transform(images[idx], generator)
         y = labels[idx]
@@ -171,6 +218,8 @@ def train_local(
         total += loss.detach()
         total_ce += ce.detach()
         steps += 1
+        if on_epoch is not None and steps % per_epoch == 0 and steps < len(batches):
+            on_epoch(_progress(steps // per_epoch, steps, model, optimizer, generator, total, total_ce, norms))
     return TrainStats(
         train_loss=float(total) / steps,
         ce_loss=float(total_ce) / steps,
@@ -178,6 +227,40 @@ def train_local(
         steps=steps,
         term_grad_ratio=None if norms is None else _norm_ratio(*norms),
     )
+
+
+def _progress(epochs_done: int, steps: int, model: nn.Module, optimizer: torch.optim.SGD,
+              generator: torch.Generator, total: Tensor, total_ce: Tensor, norms) -> TrainProgress:
+    names = {p: n for n, p in model.named_parameters()}
+    momentum = {names[p]: s["momentum_buffer"].detach().clone() for p, s in optimizer.state.items()
+                if s.get("momentum_buffer") is not None}
+    cuda = next((t.device for t in model.state_dict().values() if t.device.type == "cuda"), None)
+    return TrainProgress(epochs_done, steps, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                         momentum, generator.get_state(), torch.get_rng_state(),
+                         torch.cuda.get_rng_state(cuda) if cuda is not None else torch.empty(0, dtype=torch.uint8),
+                         total.detach().cpu().clone(), total_ce.detach().cpu().clone(), norms)
+
+
+def _restore(progress: TrainProgress, model: nn.Module, optimizer: torch.optim.SGD, generator: torch.Generator,
+             settings: TrainSettings, per_epoch: int, device: torch.device) -> tuple[Tensor, Tensor, int, tuple | None]:
+    """Put ``progress`` back into the model, the optimizer and the RNGs; returns the running sums, the steps
+    taken and the first step's norms."""
+    if not 0 < progress.epochs_done < settings.epochs or progress.steps != progress.epochs_done * per_epoch:
+        raise ValueError(f"cannot resume after epoch {progress.epochs_done} (step {progress.steps}) of a call of "
+                         f"{settings.epochs} epochs of {per_epoch} steps: the progress is of other arguments")
+    params = dict(model.named_parameters())
+    unknown = sorted(set(progress.momentum) - set(params))
+    if unknown or (settings.momentum and not progress.momentum):
+        raise ValueError(f"the progress's momentum buffers do not fit this model (unknown {unknown[:3]}); "
+                         "resume with the model it was taken from")
+    model.load_state_dict(progress.model)
+    for name, buffer in progress.momentum.items():
+        optimizer.state[params[name]]["momentum_buffer"] = buffer.to(params[name].device).clone()
+    generator.set_state(progress.generator)
+    torch.set_rng_state(progress.rng)
+    if progress.cuda_rng.numel():
+        torch.cuda.set_rng_state(progress.cuda_rng, next(iter(params.values())).device)
+    return progress.total.to(device, copy=True), progress.total_ce.to(device, copy=True), progress.steps, progress.norms
 
 
 def term_grad_ratio(

@@ -1,6 +1,6 @@
 """The trained-network landscape suite (benchmarks/landscape/trained_suite.py) on sklearn digits: the evaluation
-options take effect, trained weights are cached and the suite resumes without training again, the time budget
-stops it, and CLAIMS.md puts its verdicts before the reduced-scale ones (CPU, seconds)."""
+options take effect, trained weights are cached and the suite resumes without training again (a training or an
+analysis stopped part-way from its last epoch or part), the time budget stops it, and CLAIMS.md puts its verdicts before the reduced-scale ones (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -224,6 +224,42 @@ def test_an_analysis_stopped_part_way_resumes_from_its_finished_parts_with_the_s
     resumed = numbers["nets"]["cnn"]
     whole = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())["nets"]["cnn"]
     assert untimed(resumed) == untimed(whole)  # the parts read back are what an uninterrupted analysis writes
+
+
+def test_a_training_stopped_part_way_resumes_from_its_last_epoch_with_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from fedsign.data import load_dataset
+
+    scale = replace(TINY, groups=(trained_suite.Group("digits", ("cnn",), (0,), 3),))
+    dataset = load_dataset("digits").padded(scale.groups[0].spec.image_size)  # as run_suite loads it
+    job = trained_suite.jobs_for(scale.groups[0], "cnn", 0, scale)["main"]
+    cache = trained_suite.Cache(tmp_path / "cache", scale)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_the_first_epoch(line):
+        if "epoch 1/3" in line:
+            raise Stop
+
+    with pytest.raises(Stop):
+        cache.train(job, dataset, stop_after_the_first_epoch)
+    progress = cache.progress_path(job)
+    assert not cache.has(job) and cache.progress_info(progress)["numbers"]["epochs_done"] == 1
+    other = replace(job, settings=replace(job.settings, lr=0.5))  # the same file name, other settings
+    with pytest.raises(trained_suite.SuiteError, match="progress of a training with other settings"):
+        cache.check(other)
+    logged = []
+    meta = cache.train(job, dataset, logged.append)
+    assert logged[0] == "resuming the training of digits/cnn-seed0 after epoch 1"
+    assert [line.split(":")[1].split("(")[0].strip() for line in logged[1:]] == ["epoch 2/3"]
+    assert not progress.exists() and cache.has(job)
+    whole = trained_suite.Cache(tmp_path / "whole", scale)
+    whole_meta = whole.train(job, dataset, lambda _: None)
+    assert meta["test_accuracy"] == whole_meta["test_accuracy"] and meta["train_seconds"] > 0
+    weights, expected = load_file(str(cache.paths(job)[0])), load_file(str(whole.paths(job)[0]))
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
 def untimed(record):

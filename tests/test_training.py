@@ -1,5 +1,6 @@
 """fedsign.training's learning-rate schedule: the cosine schedule follows its closed form, the constant one is
-the plain SGD loop it always was (CPU, seconds)."""
+the plain SGD loop it always was; a training resumed from an epoch's progress ends where the uninterrupted one
+does (CPU, seconds)."""
 
 import math
 from dataclasses import replace
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from fedsign.data import DATASETS, load_dataset, make_batch_transform
 from fedsign.models import build_model
-from fedsign.training import TrainSettings, batch_order, cosine_lr, train_local
+from fedsign.training import TrainProgress, TrainSettings, batch_order, cosine_lr, train_local
 
 DIGITS = DATASETS["digits"]
 SETTINGS = TrainSettings(epochs=2, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -84,3 +85,28 @@ def test_constant_schedule_is_the_plain_sgd_loop(digits):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'; use one of constant, cosine"):
         TrainSettings(epochs=1, batch_size=8, lr=0.1, lr_schedule="step")
+
+
+def test_a_training_resumed_from_an_epochs_progress_ends_bitwise_where_the_uninterrupted_one_ends(digits):
+    x, y = digits[0][:128], digits[1][:128]
+    settings = replace(SETTINGS, epochs=3, batch_size=48, lr_schedule="cosine")  # 3 steps an epoch, the last short
+    transform = make_batch_transform(DIGITS, train=True)
+
+    def resnet():  # BN buffers, momentum and augmentation all carry over
+        torch.manual_seed(0)
+        return build_model("resnet20", DIGITS.num_classes, in_channels=DIGITS.channels, image_size=DIGITS.image_size)
+
+    whole, progress = resnet(), []
+    stats = train_local(whole, x, y, settings, seed=5, transform=transform, on_epoch=progress.append)
+    assert [(p.epochs_done, p.steps) for p in progress] == [(1, 3), (2, 6)]  # none after the last epoch
+    for kept in progress:
+        resumed = resnet()  # as a new process builds it: the progress brings the weights
+        torch.manual_seed(123)  # whatever ran before
+        again = train_local(resumed, x, y, settings, seed=5, transform=transform,
+                            resume=TrainProgress.from_tensors(*kept.to_tensors()))
+        assert again == stats
+        assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+    with pytest.raises(ValueError, match="cannot resume after epoch 2 .* of a call of 2 epochs"):
+        train_local(resnet(), x, y, replace(settings, epochs=2), seed=5, transform=transform, resume=progress[1])
+    with pytest.raises(ValueError, match="momentum buffers do not fit this model"):
+        train_local(mlp(), x, y, settings, seed=5, transform=transform, resume=progress[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from fedsign.landscape import (
 )
 from fedsign.landscape.variants import build_variant_model, float_state, train_checkpoints
 from fedsign.models import BN_WEIGHT_INITS
-from fedsign.training import TrainSettings, derive_seed
+from fedsign.training import TrainProgress, TrainSettings, derive_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "results" / "landscape"
@@ -100,14 +100,16 @@ def start_net(key: str, spec: DatasetSpec, seed: int, bn_weight_init: str = "one
 
 def train_model(key: str, spec: DatasetSpec, x: Tensor, y: Tensor, settings: TrainSettings, epochs: int, seed: int,
                 *, bn_weight_init: str = "ones", init: str = "fedrepo", channels_last: bool = False,
-                start: dict[str, Tensor] | None = None) -> Trained:
+                start: dict[str, Tensor] | None = None, resume: TrainProgress | None = None,
+                on_epoch: Callable[[TrainProgress], None] | None = None) -> Trained:
     """Network ``key`` built from ``seed`` by ``init`` (or started from the state ``start``), trained for ``epochs``
     epochs through ``train_local`` (one stretch, so a cosine schedule spans all of them); ``channels_last``: see
-    :func:`build_net`."""
+    :func:`build_net`; ``resume`` / ``on_epoch``: ``train_local``'s (``Trained.seconds`` counts this call)."""
     model = start_net(key, spec, seed, bn_weight_init, init, channels_last, start)
     init = float_state(model)
     begin = time.perf_counter()
-    states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1))
+    states, _ = train_checkpoints(model, x, y, spec, settings, [epochs], seed=derive_seed(seed, 1), resume=resume,
+                                  on_epoch=on_epoch)
     params, buffers = split_state(model, states[epochs])
     return Trained(model, params, buffers, split_state(model, init)[0], time.perf_counter() - begin)
 

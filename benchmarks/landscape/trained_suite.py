@@ -5,7 +5,8 @@ to 32x32, as vgg8's five max-pools need), two seeds each, and resnet20 on the fu
 trained through ``train_local`` with the paper's A.3 optimizer (SGD, momentum 0.9, lr 0.03 with a cosine
 schedule over the epochs, weight decay 5e-4, batch 256). Weights are cached as safetensors in ``cache``
 (outside git, default :data:`CACHE`) with a JSON of the network's test accuracy and training time beside
-each; a cached network is loaded, not trained again. The analysis of each network is written to
+each; a cached network is loaded, not trained again, and a training stopped part-way resumes from its last whole
+epoch (``<job>.progress.safetensors`` beside the weights, :meth:`Cache.train`). The analysis of each network is written to
 ``out/<dataset>-seed<k>/numbers.json`` as soon as it is done (the BN suite's layout), and a network whose
 numbers are there is skipped: the suite resumes where it stopped. Within an analysis each finished part (a
 Fig. 3 draw, Fig. 4, 5, 7, 8, a Fig. 11 arm) is kept in ``steps_<net>.json`` beside it (:class:`Steps`), so an
@@ -23,7 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from fedsign.data import DATASETS, DatasetSpec, load_dataset, make_batch_transform
 from fedsign.landscape import prepare_data, split_state
@@ -31,7 +33,7 @@ from fedsign.landscape.records import to_json, write_record
 from fedsign.landscape.soups import split_halves
 from fedsign.landscape.variants import float_state
 from fedsign.landscape.weights import apply_weights
-from fedsign.training import TrainSettings, evaluate
+from fedsign.training import TrainProgress, TrainSettings, evaluate
 
 from .bn_suite import net_figures
 from .common import (FIG7_FILTER_1D, FIG7_SCALES, NETS, OUT, ROOT, Trained, bn_init_figure, build_net, run_header,
@@ -188,16 +190,24 @@ class Cache:
         return all(p.is_file() for p in self.paths(job))
 
     def check(self, job: Job) -> None:
-        """Refuse a cached ``job`` trained with other settings (it would be reused as if it were this one)."""
-        meta_path = self.paths(job)[1]
+        """Refuse a cached ``job`` (or the progress of its training) of other settings: it would be reused as if
+        it were this one."""
+        key, meta_path = self.train_key(job), self.paths(job)[1]
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if meta.get("settings") != json.loads(to_json(asdict(job.settings))) or \
-                    meta.get("init") != self.scale.init or meta.get("image_size") != self.group(job).spec.image_size \
-                    or meta.get("channels_last") != self.scale.channels_last:
+            if {k: meta.get(k) for k in key} != key:
                 raise SuiteError(f"{meta_path} was trained with other settings ({meta.get('settings')}, init "
                                  f"{meta.get('init')}, image size {meta.get('image_size')}, channels_last "
                                  f"{meta.get('channels_last')}); pass another --cache-dir (or move that file)")
+        progress_path = self.progress_path(job)
+        if progress_path.is_file() and self.progress_info(progress_path)["key"] != key:
+            raise SuiteError(f"{progress_path} holds the progress of a training with other settings; delete it "
+                             "or pass another --cache-dir")
+
+    @staticmethod
+    def progress_info(path: Path) -> dict:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["progress"])
 
     def group(self, job: Job) -> Group:
         return next(g for g in self.scale.groups if g.dataset == job.dataset)
@@ -211,15 +221,44 @@ class Cache:
         params, buffers = split_state(model, float_state(model))
         return Trained(model, params, buffers, init, meta["train_seconds"]), meta
 
-    def train(self, job: Job, dataset) -> dict:
-        """Train ``job`` through ``train_local``, write its weights, then its JSON (the JSON marks it done)."""
-        spec = dataset.spec
+    def progress_path(self, job: Job) -> Path:
+        return self.paths(job)[0].with_suffix(".progress.safetensors")
+
+    def train_key(self, job: Job) -> dict:
+        """What a cached network (and a training's progress) must match: its settings and layout."""
+        return {"settings": json.loads(to_json(asdict(job.settings))), "init": self.scale.init,
+                "image_size": self.group(job).spec.image_size, "channels_last": self.scale.channels_last}
+
+    def train(self, job: Job, dataset, log=print) -> dict:
+        """Train ``job`` through ``train_local``, write its weights, then its JSON (the JSON marks it done).
+        After each epoch the training's progress is kept in ``<job>.progress.safetensors``: a training stopped
+        part-way resumes from its last whole epoch (bitwise the uninterrupted one), then the file is removed."""
+        spec, progress_path, key = dataset.spec, self.progress_path(job), self.train_key(job)
+        resume, earlier = None, 0.0
+        if progress_path.is_file():
+            self.check(job)
+            stored = self.progress_info(progress_path)
+            resume = TrainProgress.from_tensors(load_file(str(progress_path)), stored["numbers"])
+            earlier = stored["seconds"]
+            log(f"resuming the training of {job.dataset}/{job.name(self.scale)} after epoch {resume.epochs_done}")
+        begin = time.perf_counter()
+
+        def keep(progress: TrainProgress) -> None:
+            tensors, numbers = progress.to_tensors()
+            seconds = earlier + time.perf_counter() - begin
+            partial = progress_path.with_suffix(".partial")
+            save_file(tensors, str(partial), metadata={"progress": to_json(
+                {"key": key, "numbers": numbers, "seconds": seconds})})
+            partial.replace(progress_path)
+            log(f"  {job.dataset}/{job.name(self.scale)}: epoch {progress.epochs_done}/{job.settings.epochs} "
+                f"({seconds:.0f} s)")
+
+        progress_path.parent.mkdir(parents=True, exist_ok=True)
         t = train_model(job.net, spec, dataset.train_x, dataset.train_y.long(), job.settings, job.settings.epochs,
                         job.seed, bn_weight_init=job.bn_weight_init, init=self.scale.init,
-                        channels_last=self.scale.channels_last)
+                        channels_last=self.scale.channels_last, resume=resume, on_epoch=keep)
         acc, loss = evaluate(t.model, dataset.test_x, dataset.test_y.long(), make_batch_transform(spec, train=False))
         weights, meta_path = self.paths(job)
-        weights.parent.mkdir(parents=True, exist_ok=True)
         partial = weights.with_suffix(".partial")
         save_file({k: v.contiguous() for k, v in float_state(t.model).items()}, str(partial))
         partial.replace(weights)
@@ -227,8 +266,9 @@ class Cache:
                 "epochs": job.settings.epochs, "settings": asdict(job.settings), "train_samples": len(dataset.train_x),
                 "image_size": spec.image_size, "init": self.scale.init, "channels_last": self.scale.channels_last,
                 "test_accuracy": acc, "test_loss": loss, "test_images": len(dataset.test_x),
-                "train_seconds": t.seconds, "torch_threads": torch.get_num_threads()}
+                "train_seconds": earlier + t.seconds, "torch_threads": torch.get_num_threads()}
         meta_path.write_text(to_json(meta) + "\n")
+        progress_path.unlink(missing_ok=True)
         return meta
 
 
@@ -299,7 +339,7 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                         continue
                     if over_budget(f"training {group.dataset}/{job.name(scale)}"):
                         return done
-                    meta = cache.train(job, dataset)
+                    meta = cache.train(job, dataset, log)
                     done["trained"].append(f"{group.dataset}/{job.name(scale)}")
                     write_networks(out, cache)
                     log(f"[{time.perf_counter() - begin:7.0f} s] trained {group.dataset}/{job.name(scale)}: "

@@ -9,14 +9,14 @@ over each ``train_local`` call.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fedsign.data import DatasetSpec, make_batch_transform
 from fedsign.models import build_model, float_state
-from fedsign.training import TrainSettings, TrainStats, derive_seed, train_local
+from fedsign.training import TrainProgress, TrainSettings, TrainStats, derive_seed, train_local
 
 State = dict[str, Tensor]
 
@@ -39,23 +39,29 @@ def train_checkpoints(
     checkpoints: Sequence[int],
     *,
     seed: int,
+    resume: TrainProgress | None = None,
+    on_epoch: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[dict[int, State], list[TrainStats]]:
     """Train ``model`` in place up to ``max(checkpoints)`` epochs; return its state at each checkpoint epoch.
 
     Each stretch between two checkpoints is one ``train_local`` call of that many epochs
     (``settings.epochs`` is ignored) with seed ``derive_seed(seed, first epoch)``, so SGD momentum (and a
-    cosine schedule) restarts at every checkpoint.
+    cosine schedule) restarts at every checkpoint. ``resume`` / ``on_epoch``: ``train_local``'s, with one
+    checkpoint only (one stretch).
     """
     epochs = sorted(set(int(e) for e in checkpoints))
     if not epochs or epochs[0] < 1:
         raise ValueError(f"checkpoint epochs must be positive integers, got {list(checkpoints)}")
+    if (resume is not None or on_epoch is not None) and len(epochs) > 1:
+        raise ValueError("resume / on_epoch need a single checkpoint (one train_local call)")
     transform = make_batch_transform(spec, train=True)
     states: dict[int, State] = {}
     stats: list[TrainStats] = []
     done = 0
     for epoch in epochs:
         stretch = replace(settings, epochs=epoch - done)
-        stats.append(train_local(model, images, labels, stretch, seed=derive_seed(seed, done), transform=transform))
+        stats.append(train_local(model, images, labels, stretch, seed=derive_seed(seed, done), transform=transform,
+                                 resume=resume, on_epoch=on_epoch))
         states[epoch] = float_state(model)
         done = epoch
     return states, stats
