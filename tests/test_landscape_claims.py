@@ -36,7 +36,8 @@ def test_c7_accepts_a_pretrained_gap_within_noise_below_zero_and_refuses_one_bey
     assert clearly_negative.negative
     assert lf._c7_verdict(gain, clearly_negative, True) == "within noise"
     assert lf._c7_verdict(gain, slightly_negative, False) == "within noise"  # SSR-AB not higher on every seed
-    assert lf._c7_verdict(lf.Stat([-0.06, -0.07, -0.08], BASE), slightly_negative, True) == "contradicted"
+    assert lf._c7_verdict(lf.Stat([-0.06, -0.07, -0.08], BASE), slightly_negative, True) == \
+        "contradicted (gap gain -0.070±0.006)"
 
 
 def raw(lf, **means) -> dict:
@@ -46,20 +47,42 @@ def raw(lf, **means) -> dict:
 
 def test_c2_counts_the_papers_bn_exception_only_where_the_paper_makes_it(lf):
     assert lf._c2_verdict(raw(lf), has_bn=True) == "holds"
-    assert lf._c2_verdict(raw(lf, gauss1=0.03), has_bn=True) == "holds (the paper's BN exception: gauss1 positive)"
-    assert lf._c2_verdict(raw(lf, gauss1=0.03), has_bn=False) == "contradicted (gauss1 asymmetric)"
-    assert lf._c2_verdict(raw(lf, gauss1=-0.03), has_bn=True) == "contradicted (gauss1 asymmetric)"
-    assert lf._c2_verdict(raw(lf, uniform=0.03), has_bn=True) == "contradicted (uniform asymmetric)"  # zero-mean
+    assert lf._c2_verdict(raw(lf, gauss1=0.03), has_bn=True) == \
+        "holds (the paper's BN exception: G(1,1) +0.030±0.001 positive)"
+    assert lf._c2_verdict(raw(lf, gauss1=0.03), has_bn=False) == "contradicted (G(1,1) +0.030±0.001 asymmetric)"
+    assert lf._c2_verdict(raw(lf, gauss1=-0.03), has_bn=True) == "contradicted (G(1,1) -0.030±0.001 asymmetric)"
+    assert lf._c2_verdict(raw(lf, uniform=0.03, ones=-0.04), has_bn=True) == \
+        "contradicted (U(-1,1) +0.030±0.001, {1} -0.040±0.001 asymmetric)"  # zero-mean; a negative {1}
 
 
-def test_c3_tests_every_step_of_the_r_grid(lf):
+def test_c3_tests_every_step_of_the_r_grid_and_names_the_falls(lf):
+    ratios = [0.0, 0.25, 0.5, 1.0]
     rising = [[0.0, 0.03, 0.06, 0.09]] * 3
-    assert lf._c3_verdict([[a + d for a in row] for row, d in zip(rising, (-0.002, 0, 0.002))], BASE) == "holds"
+    assert lf._c3_verdict([[a + d for a in row] for row, d in zip(rising, (-0.002, 0, 0.002))], BASE, ratios) == \
+        "holds"
     dip = [[0.0, 0.08, 0.02, 0.10], [0.0, 0.081, 0.021, 0.101], [0.0, 0.079, 0.019, 0.099]]  # up, down, up
-    assert lf._c3_verdict(dip, BASE) == "contradicted"
+    assert lf._c3_verdict(dip, BASE, ratios) == "contradicted (falls: r 0.25→0.5 -0.060±0.000)"
+    falling = [[0.1, 0.09, 0.0, -0.05]] * 3
+    assert lf._c3_verdict(falling, BASE, ratios) == \
+        "contradicted (falls: r 0→1 -0.150±0.000, r 0.25→0.5 -0.090±0.000, r 0.5→1 -0.050±0.000)"  # 0→0.25: noise
     flat = [[0.0, 0.005, 0.01, 0.015]] * 3
-    assert lf._c3_verdict([[a + d for a in row] for row, d in zip(flat, (-0.002, 0, 0.002))], BASE) == \
-        "within noise"
+    assert lf._c3_verdict([[a + d for a in row] for row, d in zip(flat, (-0.002, 0, 0.002))], BASE, ratios) == \
+        "within noise (rise +0.015±0.000)"  # each seed shifted as a whole: the rise is the same
+
+
+def test_verdict_details_say_by_how_much_a_network_differs(lf):
+    """C1, C4, C7 name the offending quantities with their values (the Reading's "by how much")."""
+    def run(sc, raw_value, f5, gain):
+        return {"fig3": {**{f"sc-{n}": [[sc] * 2] for n in lf.COMMON}, **{n: [[raw_value] * 2] for n in lf.COMMON}},
+                "fig4": {"ratios": [0.0, 1.0], "error_asymmetry": [0.0, 0.2]},
+                "fig5": {"init": 0.1, "final": 0.1, "sign": 0.1, "sign-mu": 0.1, "sgp": f5, "sgp-mu": 0.0},
+                "fig11": {"random_init": {"ssr_ab": 0.9, "gap": -0.05}, "pretrained": {"ssr_ab": 0.95, "gap": -0.05 + gain}}}
+
+    runs = [run(-0.05 + d, 0.0, -0.04 + d, -0.03 + d) for d in (-0.001, 0.0, 0.001)]
+    verdicts = {c: v for c, _, _, v in lf.net_rows("x (CIFAR-10; 3 seeds)", [{k: (v if k != "fig3" else {n: w[0] for n, w in v.items()}) for k, v in r.items()} for r in runs], BASE, has_bn=False)}
+    assert verdicts["C1"].startswith("contradicted (sc G(0,1) -0.050±0.001, sc U(-1,1) -0.050±0.001")
+    assert verdicts["C4"] == "contradicted (sgp(θf) -0.040±0.001)"
+    assert verdicts["C7"] == "contradicted (gap gain -0.030±0.001)"
 
 
 def test_summaries_are_produced_from_the_verdict_rows(lf):

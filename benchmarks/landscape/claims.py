@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsign.landscape import DIRECTION_SETS, plots
+from fedsign.landscape import COMMON_NOISES, DIRECTION_SETS, SPECIAL_DIRECTIONS, plots
 
 from .bn_suite import BN_SGD, BN_SMALL_BATCH
 from .common import FIG7_FILTER_1D, FIG7_SCALES, NETS
@@ -98,6 +98,11 @@ def _joined(stats) -> str:
     return " ".join(str(v) for v in stats)
 
 
+def _amounts(stats: dict[str, Stat]) -> str:
+    """Named values for a verdict's detail, e.g. 'U(0,1) -0.008±0.004, {1} -0.017'."""
+    return ", ".join(f"{name} {stat}" for name, stat in stats.items())
+
+
 def _c6(runs: list[dict], base: float) -> tuple[str, str]:
     rise1, rise2, out1, out2 = [], [], [], []
     for f8 in runs:
@@ -111,7 +116,8 @@ def _c6(runs: list[dict], base: float) -> tuple[str, str]:
             f"{np.mean(rise1):+.3f}, beyond θ2 {np.mean(rise2):+.3f} (difference {diff})")
     if not (diff.positive or diff.negative):
         return text, "within noise"
-    return text, "holds" if diff.positive == (np.mean(out2) > np.mean(out1)) else "contradicted"
+    agrees = diff.positive == (np.mean(out2) > np.mean(out1))
+    return text, "holds" if agrees else f"contradicted (the less sign-consistent side flatter by {abs(diff.mean):.3f})"
 
 
 def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
@@ -124,11 +130,12 @@ def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
                 for i in runs[0] for n in ("ns", "filter")}
         text = f"noise on {group}: " + "; ".join(f"{i} NS {stat[i, 'ns']} Filter-NS {stat[i, 'filter']}"
                                                  for i in runs[0])
-        pos = [v for (i, _), v in stat.items() if i in ("ones", "uniform")]
-        sym = [v for (i, _), v in stat.items() if i == "gaussian"]
-        verdict = ("holds" if all(v.positive for v in pos) and not any(v.positive or v.negative for v in sym)
-                   else "contradicted" if any(v.negative for v in pos) or any(v.positive or v.negative for v in sym)
-                   else "within noise")
+        pos = {k: v for k, v in stat.items() if k[0] in ("ones", "uniform")}
+        sym = {k: v for k, v in stat.items() if k[0] == "gaussian"}
+        off = {f"{i} {'NS' if n == 'ns' else 'Filter-NS'}": v for (i, n), v in {**pos, **sym}.items()
+               if v.negative or ((i, n) in sym and v.positive)}
+        verdict = ("holds" if all(v.positive for v in pos.values()) and not off
+                   else f"contradicted ({_amounts(off)})" if off else "within noise")
         out.append((text, verdict))
     return out
 
@@ -136,29 +143,32 @@ def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
 def _c2_verdict(raw: dict[str, Stat], has_bn: bool) -> str:
     """C2 (rule in :data:`RULES`): zero-mean noises symmetric; positive-mean noises symmetric, or
     positive on a BN net (the paper's own exception)."""
-    off = [n for n, v in raw.items() if (v.positive or v.negative)
-           and not (has_bn and n in POSITIVE_MEAN and v.positive)]
+    off = {COMMON_NOISES[n]: v for n, v in raw.items() if (v.positive or v.negative)
+           and not (has_bn and n in POSITIVE_MEAN and v.positive)}
     if off:
-        return f"contradicted ({', '.join(off)} asymmetric)"
-    excepted = [n for n, v in raw.items() if v.positive or v.negative]
-    return f"holds (the paper's BN exception: {', '.join(excepted)} positive)" if excepted else "holds"
+        return f"contradicted ({_amounts(off)} asymmetric)"
+    excepted = {COMMON_NOISES[n]: v for n, v in raw.items() if v.positive or v.negative}
+    return f"holds (the paper's BN exception: {_amounts(excepted)} positive)" if excepted else "holds"
 
 
-def _c3_verdict(per_seed: list[list[float]], base: float) -> str:
-    """C3 (rule in :data:`RULES`): per-seed asymmetries over the r grid; rises from the first r to the
-    last beyond noise with no step down beyond noise."""
+def _c3_verdict(per_seed: list[list[float]], base: float, ratios: list[float]) -> str:
+    """C3 (rule in :data:`RULES`): per-seed asymmetries over the r grid ``ratios``; rises from the first r to
+    the last beyond noise with no step down beyond noise."""
     overall = Stat([a[-1] - a[0] for a in per_seed], base)
-    steps = [Stat([a[k + 1] - a[k] for a in per_seed], base) for k in range(len(per_seed[0]) - 1)]
-    if overall.negative or any(step.negative for step in steps):
-        return "contradicted"
-    return "holds" if overall.positive else "within noise"
+    steps = {f"r {ratios[k]:g}→{ratios[k + 1]:g}": Stat([a[k + 1] - a[k] for a in per_seed], base)
+             for k in range(len(ratios) - 1)}
+    falls = {**({f"r {ratios[0]:g}→{ratios[-1]:g}": overall} if overall.negative else {}),
+             **{k: v for k, v in steps.items() if v.negative}}
+    if falls:
+        return f"contradicted (falls: {_amounts(falls)})"
+    return "holds" if overall.positive else f"within noise (rise {overall})"
 
 
 def _c7_verdict(gain: Stat, pretrained_gap: Stat, ssr_higher_every_seed: bool) -> str:
     """C7 (rule in :data:`RULES`): ``gain`` = pre-trained gap - random-init gap, per seed."""
     if gain.positive and not pretrained_gap.negative and ssr_higher_every_seed:
         return "holds"
-    return "contradicted" if gain.negative else "within noise"
+    return f"contradicted (gap gain {gain})" if gain.negative else "within noise"
 
 
 def fig3_values(draws: list[list[float]]) -> list[float]:
@@ -175,22 +185,24 @@ def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tu
     rows = []
     fig3 = {k: Stat(fig3_values([r["fig3"][k] for r in runs]), base) for k in runs[0]["fig3"]}
     sc = [fig3[f"sc-{n}"] for n in COMMON]
-    v1 = "holds" if all(v.positive for v in sc) else "contradicted" if any(v.negative for v in sc) else \
-        f"within noise ({sum(v.positive for v in sc)}/7 beyond noise)"
+    negative = {f"sc {COMMON_NOISES[n]}": v for n, v in zip(COMMON, sc) if v.negative}
+    v1 = "holds" if all(v.positive for v in sc) else f"contradicted ({_amounts(negative)})" if negative else \
+        f"within noise ({sum(v.positive for v in sc)}/7 beyond noise, {min(v.mean for v in sc):+.3f}…" \
+        f"{max(v.mean for v in sc):+.3f})"
     rows.append(("C1", label, f"sc asym {_joined(sc)}", v1))
     raw = dict(zip(COMMON, (fig3[n] for n in COMMON)))
     rows.append(("C2", label, f"raw asym {_joined(raw.values())}", _c2_verdict(raw, has_bn)))
     ratios = runs[0]["fig4"]["ratios"]
     r_asym = [Stat([r["fig4"]["error_asymmetry"][k] for r in runs], base) for k in range(len(ratios))]
     rows.append(("C3", label, "r " + "/".join(f"{x:g}" for x in ratios) + f": asym {_joined(r_asym)}",
-                 _c3_verdict([r["fig4"]["error_asymmetry"] for r in runs], base)))
+                 _c3_verdict([r["fig4"]["error_asymmetry"] for r in runs], base, ratios)))
     expected = {"init": True, "final": True, "sign": True, "sign-mu": True, "sgp": False, "sgp-mu": False}
     f5 = {k: Stat([r["fig5"][k] for r in runs], base) for k in expected}
     hits = sum(f5[k].positive if want else not (f5[k].positive or f5[k].negative) for k, want in expected.items())
-    wrong = [k for k, want in expected.items() if (want and f5[k].negative) or (not want and (f5[k].positive or
-                                                                                           f5[k].negative))]
+    wrong = {SPECIAL_DIRECTIONS[k]: f5[k] for k, want in expected.items()
+             if (want and f5[k].negative) or (not want and (f5[k].positive or f5[k].negative))}
     rows.append(("C4", label, f"asym {_joined(f5.values())} ({hits}/6 as predicted)",
-                 "holds" if hits == 6 else f"contradicted ({', '.join(wrong)})" if wrong else "within noise"))
+                 "holds" if hits == 6 else f"contradicted ({_amounts(wrong)})" if wrong else "within noise"))
     fig8 = [r["fig8"] for r in runs if "fig8" in r]  # the trained suite: the first seeds only
     if fig8:
         text, verdict = _c6(fig8, base)
