@@ -88,10 +88,12 @@ def test_verdict_details_say_by_how_much_a_network_differs(lf):
 def test_summaries_are_produced_from_the_verdict_rows(lf):
     rows = [("C1", "resnet20 (CIFAR-10; 3 seeds × 3 draws)", "sc asym …", "within noise (5/7 beyond noise)"),
             ("C1", "vgg8_bn (CIFAR-10; 3 seeds × 3 draws)", "sc asym …", "holds"),
-            ("C5", "resnet20 (CIFAR-10; 3 seeds × 3 draws)", "noise on BN: …", "contradicted")]
+            ("C5", "resnet20 (CIFAR-10; 3 seeds × 3 draws)", "noise on BN: …", "contradicted"),
+            ("C5", "resnet20 (CIFAR-10; 3 seeds × 3 draws)", "1 of 3 seeds, noise on ALL: …", "holds")]
     lines = lf.claim_summaries(rows)
     assert lines[0].endswith("holds on vgg8_bn (CIFAR-10); within noise on resnet20 (CIFAR-10) (5/7 beyond noise).")
-    assert lines[1].endswith("contradicted on resnet20 (CIFAR-10), noise on BN.")
+    assert lines[1].endswith("holds on resnet20 (CIFAR-10), noise on ALL; contradicted on resnet20 (CIFAR-10), "
+                             "noise on BN.")  # the noise group named after a seed subset too
     flipped = lf.claim_summaries([(c, n, m, "contradicted") for c, n, m, _ in rows])
     assert "holds" not in flipped[0].split("): ", 1)[1]
 

@@ -279,7 +279,7 @@ def _row_name(network: str, measured: str) -> str:
     """A verdict row's network in a summary: 'resnet20 (CIFAR-10)', 'cnn (MNIST)', plus the noise group of C5."""
     name, _, detail = network.partition(" (")
     data = next((d for d in ("Fashion-MNIST", "MNIST", "CIFAR-10", "sklearn digits", "digits") if d in detail), "")
-    group = measured.split(":")[0] if measured.startswith("noise on ") else ""
+    group = "noise on " + measured.split("noise on ", 1)[1].split(":")[0] if "noise on " in measured else ""
     return name + (f" ({data})" if data else "") + (f", {group}" if group else "")
 
 
