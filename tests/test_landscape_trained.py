@@ -1,6 +1,7 @@
 """The trained-network landscape suite (benchmarks/landscape/trained_suite.py) on sklearn digits: the evaluation
 options take effect, trained weights are cached and the suite resumes without training again (a training or an
-analysis stopped part-way from its last epoch or part), the time budget stops it, and CLAIMS.md puts its verdicts before the reduced-scale ones (CPU, seconds)."""
+analysis stopped part-way from its last epoch or part), the time budget stops it, and CLAIMS.md puts its
+verdicts before the reduced-scale ones (CPU, seconds)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ to 32x32, as vgg8's five max-pools need), two seeds each, and resnet20 on the fu
 trained through ``train_local`` with the paper's A.3 optimizer (SGD, momentum 0.9, lr 0.03 with a cosine
 schedule over the epochs, weight decay 5e-4, batch 256). Weights are cached as safetensors in ``cache``
 (outside git, default :data:`CACHE`) with a JSON of the network's test accuracy and training time beside
-each; a cached network is loaded, not trained again, and a training stopped part-way resumes from its last whole
-epoch (``<job>.progress.safetensors`` beside the weights, :meth:`Cache.train`). The analysis of each network is written to
-``out/<dataset>-seed<k>/numbers.json`` as soon as it is done (the BN suite's layout), and a network whose
+each; a cached network is loaded, not trained again, and a training stopped part-way resumes from its last
+whole epoch (``<job>.progress.safetensors`` beside the weights, :meth:`Cache.train`). The analysis of each
+network is written to ``out/<dataset>-seed<k>/numbers.json`` as soon as it is done (the BN suite's layout),
+and a network whose
 numbers are there is skipped: the suite resumes where it stopped. Within an analysis each finished part (a
 Fig. 3 draw, Fig. 4, 5, 7, 8, a Fig. 11 arm) is kept in ``steps_<net>.json`` beside it (:class:`Steps`), so an
 analysis stopped part-way resumes from its last finished part. ``time_budget``: no training or analysis
