@@ -62,9 +62,9 @@ def test_c3_tests_every_step_of_the_r_grid_and_names_the_falls(lf):
         "holds"
     dip = [[0.0, 0.08, 0.02, 0.10], [0.0, 0.081, 0.021, 0.101], [0.0, 0.079, 0.019, 0.099]]  # up, down, up
     assert lf._c3_verdict(dip, BASE, ratios) == "contradicted (falls: r 0.25→0.5 -0.060±0.000)"
-    falling = [[0.1, 0.09, 0.0, -0.05]] * 3
+    falling = [[0.1, 0.09, 0.0, -0.05]] * 3  # its first step, -0.01, is within 3/128
     assert lf._c3_verdict(falling, BASE, ratios) == \
-        "contradicted (falls: r 0→1 -0.150±0.000, r 0.25→0.5 -0.090±0.000, r 0.5→1 -0.050±0.000)"  # 0→0.25: noise
+        "contradicted (falls: r 0→1 -0.150±0.000, r 0.25→0.5 -0.090±0.000, r 0.5→1 -0.050±0.000)"
     flat = [[0.0, 0.005, 0.01, 0.015]] * 3
     assert lf._c3_verdict([[a + d for a in row] for row, d in zip(flat, (-0.002, 0, 0.002))], BASE, ratios) == \
         "within noise (rise +0.015±0.000)"  # each seed shifted as a whole: the rise is the same
