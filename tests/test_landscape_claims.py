@@ -55,6 +55,24 @@ def test_c2_counts_the_papers_bn_exception_only_where_the_paper_makes_it(lf):
         "contradicted (U(-1,1) +0.030±0.001, {1} -0.040±0.001 asymmetric)"  # zero-mean; a negative {1}
 
 
+def test_c2_does_not_count_a_noise_at_chance_on_both_sides(lf):
+    """A valley whose every λ ≠ 0 is at chance (10 classes: error ≥ 0.85) is saturated; one side below is not,
+    and a network at chance already at λ = 0 has no valley to saturate."""
+    def run(ones, binary):
+        curve = lambda err: {"scales": {"1": {"error": err}}}  # noqa: E731
+        return {"fig3_record": {"lambdas": [-1.0, -0.5, 0.0, 0.5, 1.0],
+                                "curves": {"ones": curve(ones), "binary": curve(binary)}}}
+
+    runs = [run([0.9, 0.88, 0.1, 0.9, 0.86], [0.9, 0.9, 0.1, 0.5, 0.9]) for _ in range(2)]
+    assert lf.saturated_noises(runs, 10) == ["ones"]
+    assert lf.saturated_noises(runs + [run([0.9, 0.9, 0.1, 0.6, 0.9], [0.9] * 5)], 10) == []  # one seed open
+    assert lf.saturated_noises([run([0.9, 0.9, 0.88, 0.9, 0.9], [0.9] * 5)], 10) == []  # chance at λ = 0 too
+    assert lf._c2_verdict(raw(lf, ones=-0.03), has_bn=True, saturated=("ones",)) == \
+        "holds ({1} at chance on both sides at s = 1, not counted)"
+    assert lf._c2_verdict(raw(lf, ones=-0.03, binary=-0.04), has_bn=True, saturated=("ones",)) == \
+        "contradicted ({0,1} -0.040±0.001 asymmetric; {1} at chance on both sides at s = 1, not counted)"
+
+
 def test_c3_tests_every_step_of_the_r_grid_and_names_the_falls(lf):
     ratios = [0.0, 0.25, 0.5, 1.0]
     rising = [[0.0, 0.03, 0.06, 0.09]] * 3

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsign.data import DATASETS
 from fedsign.landscape import COMMON_NOISES, DIRECTION_SETS, SPECIAL_DIRECTIONS, plots
 
 from .bn_suite import BN_SGD, BN_SMALL_BATCH
@@ -43,7 +44,10 @@ RULES = {
           "ones (G(1,1), U(0,1), {0,1}, {1}) must be within noise too, except that on a BN net a positive "
           "asymmetry along them is the paper's own exception (§4.1: \"the last four noise directions show slight "
           "asymmetry when s = 0.2\"; App. A.4: only with BN, whose all-positive weights agree in sign with the "
-          "noise), reported as such. Measured at s = 1 only (the paper's exception is stated for s = 0.2).",
+          "noise), reported as such. Measured at s = 1 only (the paper's exception is stated for s = 0.2). A raw "
+          "noise that puts the network at chance on both sides (its recorded curve, the first draw of every seed: "
+          "test error ≥ 1 − 1/classes − 0.05 at every λ ≠ 0, below it at λ = 0) is reported as saturated and not "
+          "counted: an asymmetry between two chance levels says nothing about the valley's shape.",
     "C3": "per seed, the asymmetry at each r of the grid; holds when it rises from the first r to the last "
           "beyond noise and no step between neighbouring r falls beyond noise (the paper: monotone over "
           "r ∈ {0, 0.1, …, 1}); contradicted when the rise or any step is negative beyond noise. A grid of 3 "
@@ -68,6 +72,7 @@ RULES = {
 }
 COMMON = tuple(DIRECTION_SETS["common"])
 POSITIVE_MEAN = ("gauss1", "uniform01", "binary", "ones")  # the paper's "last four" noises of Fig. 3
+SATURATION_MARGIN = 0.05  # a valley side within this of chance error is at chance (C2)
 
 
 class Stat:
@@ -140,15 +145,41 @@ def _fig7_rows(runs: list[dict], base: float) -> list[tuple[str, str]]:
     return out
 
 
-def _c2_verdict(raw: dict[str, Stat], has_bn: bool) -> str:
+def saturated_noises(runs: list[dict], classes: int) -> list[str]:
+    """The raw noises whose recorded valley (``fig3_record``, s = 1) is at chance on both sides on every seed:
+    test error ≥ 1 − 1/classes − :data:`SATURATION_MARGIN` at every λ ≠ 0 and below that at λ = 0."""
+    level = 1 - 1 / classes - SATURATION_MARGIN
+    out = []
+    for noise in COMMON:
+        curves = [(r.get("fig3_record") or {}).get("curves", {}).get(noise, {}).get("scales", {}).get("1")
+                  for r in runs]
+        if not runs or any(c is None for c in curves):
+            continue
+        at_chance = []
+        for r, curve in zip(runs, curves):
+            lam, err = np.asarray(r["fig3_record"]["lambdas"]), np.asarray(curve["error"])
+            zero = int(np.argmin(np.abs(lam)))
+            at_chance.append(err[zero] < level and bool(np.all(np.delete(err, zero) >= level)))
+        if all(at_chance):
+            out.append(noise)
+    return out
+
+
+def _c2_verdict(raw: dict[str, Stat], has_bn: bool, saturated: tuple[str, ...] = ()) -> str:
     """C2 (rule in :data:`RULES`): zero-mean noises symmetric; positive-mean noises symmetric, or
-    positive on a BN net (the paper's own exception)."""
-    off = {COMMON_NOISES[n]: v for n, v in raw.items() if (v.positive or v.negative)
+    positive on a BN net (the paper's own exception); ``saturated`` noises (at chance on both sides) not
+    counted."""
+    counted = {n: v for n, v in raw.items() if n not in saturated}
+    note = (f"; {', '.join(COMMON_NOISES[n] for n in saturated)} at chance on both sides at s = 1, not counted"
+            if saturated else "")
+    off = {COMMON_NOISES[n]: v for n, v in counted.items() if (v.positive or v.negative)
            and not (has_bn and n in POSITIVE_MEAN and v.positive)}
     if off:
-        return f"contradicted ({_amounts(off)} asymmetric)"
-    excepted = {COMMON_NOISES[n]: v for n, v in raw.items() if v.positive or v.negative}
-    return f"holds (the paper's BN exception: {_amounts(excepted)} positive)" if excepted else "holds"
+        return f"contradicted ({_amounts(off)} asymmetric{note})"
+    excepted = {COMMON_NOISES[n]: v for n, v in counted.items() if v.positive or v.negative}
+    if excepted:
+        return f"holds (the paper's BN exception: {_amounts(excepted)} positive{note})"
+    return f"holds ({note[2:]})" if saturated else "holds"
 
 
 def _c3_verdict(per_seed: list[list[float]], base: float, ratios: list[float]) -> str:
@@ -179,9 +210,10 @@ def fig3_values(draws: list[list[float]]) -> list[float]:
     return [v for seed in draws for v in seed]
 
 
-def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tuple[str, str, str, str]]:
+def net_rows(label: str, runs: list[dict], base: float, has_bn: bool,
+             classes: int = 10) -> list[tuple[str, str, str, str]]:
     """C1-C7 rows of one network over its seeds (``runs``: one result dict per seed; ``has_bn``: the net
-    has BatchNorm, for C2's exception)."""
+    has BatchNorm, for C2's exception; ``classes``: its dataset's, for C2's chance level)."""
     rows = []
     fig3 = {k: Stat(fig3_values([r["fig3"][k] for r in runs]), base) for k in runs[0]["fig3"]}
     sc = [fig3[f"sc-{n}"] for n in COMMON]
@@ -191,7 +223,8 @@ def net_rows(label: str, runs: list[dict], base: float, has_bn: bool) -> list[tu
         f"{max(v.mean for v in sc):+.3f})"
     rows.append(("C1", label, f"sc asym {_joined(sc)}", v1))
     raw = dict(zip(COMMON, (fig3[n] for n in COMMON)))
-    rows.append(("C2", label, f"raw asym {_joined(raw.values())}", _c2_verdict(raw, has_bn)))
+    rows.append(("C2", label, f"raw asym {_joined(raw.values())}",
+                 _c2_verdict(raw, has_bn, tuple(saturated_noises(runs, classes)))))
     ratios = runs[0]["fig4"]["ratios"]
     r_asym = [Stat([r["fig4"]["error_asymmetry"][k] for r in runs], base) for k in range(len(ratios))]
     rows.append(("C3", label, "r " + "/".join(f"{x:g}" for x in ratios) + f": asym {_joined(r_asym)}",
@@ -265,7 +298,8 @@ def trained_rows(trained: list[dict]) -> list[tuple[str, str, str, str]]:
             runs = [n["nets"][key] for n in seeds if key in n["nets"]]
             acc = np.mean([r["network"]["test_accuracy"] for r in runs])
             rows += net_rows(f"{key} ({DATASET_TITLES[dataset]}, trained, test acc {acc:.3f}; {len(runs)} seeds × "
-                             f"{scale['noise_seeds']} draws)", runs, 3 / scale["test_samples"], has_bn=NETS[key][1])
+                             f"{scale['noise_seeds']} draws)", runs, 3 / scale["test_samples"], has_bn=NETS[key][1],
+                             classes=DATASETS[dataset].num_classes)
     return sorted(rows, key=lambda row: row[0])
 
 
