@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", default="",
                         help="--suite trained: comma-separated <dataset>-seed<k> folders to run (default all), e.g. "
                              "fmnist-seed1; processes with disjoint --runs may share --out and --cache-dir")
+    parser.add_argument("--train-only", action="store_true",
+                        help="--suite trained: train the selected networks into --cache-dir, analyse none (may run "
+                             "beside a process analysing the same --runs: a network being trained is waited for)")
     parser.add_argument("--time-budget", type=float, default=math.inf,
                         help="--suite trained: seconds after which no training or analysis starts (default none)")
     args = parser.parse_args(argv)
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                 trained_scale(args), Path(args.out) if args.out else trained_suite.TRAINED_OUT, Path(args.cache_dir),
                 time_budget=args.time_budget, threads=args.threads,
                 data_dirs=dict(d.split("=", 1) for d in args.data_dir.split(",") if d),
-                nets=[n for n in args.nets.split(",") if n] or None, runs=[r for r in args.runs.split(",") if r] or None)
+                nets=[n for n in args.nets.split(",") if n] or None, runs=[r for r in args.runs.split(",") if r] or None,
+                train_only=args.train_only)
         except trained_suite.SuiteError as err:  # bad options or folders: one line, before any work
             sys.exit(f"error: {err}")
         print(f"trained {len(done['trained'])}, analysed {len(done['analysed'])} networks"

@@ -9,6 +9,8 @@ import importlib
 import json
 import shutil
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -261,6 +263,28 @@ def test_a_training_stopped_part_way_resumes_from_its_last_epoch_with_the_same_w
     assert meta["test_accuracy"] == whole_meta["test_accuracy"] and meta["train_seconds"] > 0
     weights, expected = load_file(str(cache.paths(job)[0])), load_file(str(whole.paths(job)[0]))
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+
+
+def test_a_train_only_process_analyses_nothing_and_waits_for_a_training_another_process_holds(first_run, tmp_path):
+    out, cache_dir = tmp_path / "out", tmp_path / "cache"
+    held = trained_suite.jobs_for(TINY.groups[0], "cnn", 0, TINY)["main"]
+    logged, done = [], {}
+    worker = threading.Thread(target=lambda: done.update(trained_suite.run_suite(
+        TINY, out, cache_dir, nets=["cnn"], train_only=True, log=logged.append)))
+    with trained_suite.Cache(cache_dir, TINY).training_lock(held):  # another process is training cnn-seed0
+        worker.start()
+        for _ in range(1200):
+            if logged or not worker.is_alive():
+                break
+            time.sleep(0.05)
+        assert logged == ["waiting for another process training digits/cnn-seed0"]
+        for path in trained_suite.Cache(first_run[0] / "cache", TINY).paths(held):  # ... and writes it
+            shutil.copy(path, cache_dir / "digits" / path.name)
+    worker.join(300)
+    assert done["trained"] == ["digits/cnn-seed0-bs128"] and done["analysed"] == []  # the held one is loaded
+    assert not (out / "digits-seed0").exists()
+    again = trained_suite.run_suite(TINY, out, cache_dir, nets=["cnn"], log=lambda _: None)
+    assert again["trained"] == [] and again["analysed"] == ["digits/cnn-seed0"]
 
 
 def untimed(record):

@@ -12,15 +12,18 @@ and a network whose
 numbers are there is skipped: the suite resumes where it stopped. Within an analysis each finished part (a
 Fig. 3 draw, Fig. 4, 5, 7, 8, a Fig. 11 arm) is kept in ``steps_<net>.json`` beside it (:class:`Steps`), so an
 analysis stopped part-way resumes from its last finished part. ``time_budget``: no training or analysis
-starts after that many seconds.
+starts after that many seconds. A ``train_only`` process trains networks beside an analysing one (each training
+holds a lock on its job, which the other process waits for instead of training it twice).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -225,6 +228,20 @@ class Cache:
     def progress_path(self, job: Job) -> Path:
         return self.paths(job)[0].with_suffix(".progress.safetensors")
 
+    @contextmanager
+    def training_lock(self, job: Job, log=print) -> Iterator[None]:
+        """Hold ``<job>.lock`` (an advisory ``flock``, released when its process ends, however it ends) while
+        ``job`` trains: a process reaching a job another process is training waits for it, then loads it."""
+        path = self.paths(job)[0].with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another process training {job.dataset}/{job.name(self.scale)}")
+                fcntl.flock(held, fcntl.LOCK_EX)
+            yield
+
     def train_key(self, job: Job) -> dict:
         """What a cached network (and a training's progress) must match: its settings and layout."""
         return {"settings": json.loads(to_json(asdict(job.settings))), "init": self.scale.init,
@@ -292,10 +309,12 @@ def run_names(scale: TrainedScale) -> list[str]:
 
 def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dict[str, str] | None = None,
               time_budget: float = math.inf, threads: int = 1, nets: Collection[str] | None = None,
-              runs: Collection[str] | None = None, log=print) -> dict:
+              runs: Collection[str] | None = None, train_only: bool = False, log=print) -> dict:
     """Train (or load) and analyse every network of ``scale`` (or only ``nets`` of the ``runs`` folders, see
     :func:`run_names`: processes with disjoint ``runs`` may share ``out`` and ``cache_dir``); returns what this
-    call did: ``trained`` and ``analysed`` (names), ``stopped`` (why it stopped early, or None)."""
+    call did: ``trained`` and ``analysed`` (names), ``stopped`` (why it stopped early, or None). ``train_only``:
+    train the selection into the cache and analyse nothing (such a process may run beside one analysing the
+    same folders; a network one of them is training, the other waits for, :meth:`Cache.training_lock`)."""
     check_scale(scale)
     unknown = [r for r in runs or () if r not in run_names(scale)] + \
         [n for n in nets or () if not any(n in g.nets for g in scale.groups)]
@@ -340,11 +359,16 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                         continue
                     if over_budget(f"training {group.dataset}/{job.name(scale)}"):
                         return done
-                    meta = cache.train(job, dataset, log)
+                    with cache.training_lock(job, log):
+                        if cache.has(job):  # trained by another process meanwhile
+                            continue
+                        meta = cache.train(job, dataset, log)
                     done["trained"].append(f"{group.dataset}/{job.name(scale)}")
                     write_networks(out, cache)
                     log(f"[{time.perf_counter() - begin:7.0f} s] trained {group.dataset}/{job.name(scale)}: "
                         f"test accuracy {meta['test_accuracy']:.4f} in {meta['train_seconds']:.0f} s")
+                if train_only:
+                    continue
                 if over_budget(f"analysing {group.dataset}/{net}-seed{seed}"):
                     return done
                 start = time.perf_counter()
