@@ -180,6 +180,15 @@ def test_the_scale_check_builds_every_network_on_its_groups_images_before_any_wo
         trained_suite.check_scale(unpadded)
 
 
+def test_networks_json_keeps_the_networks_an_earlier_cache_recorded(first_run, tmp_path):
+    earlier = {"digits/cnn-seed9": {"test_accuracy": 0.5, "train_seconds": 1.0}}  # trained on a lost cache
+    (tmp_path / "networks.json").write_text(json.dumps(earlier))
+    trained_suite.write_networks(tmp_path, trained_suite.Cache(first_run[0] / "cache", TINY))
+    networks = json.loads((tmp_path / "networks.json").read_text())
+    assert networks["digits/cnn-seed9"] == earlier["digits/cnn-seed9"]
+    assert list(networks) == sorted(networks) and "digits/resnet20-seed0" in networks and len(networks) == 7
+
+
 def test_a_selection_runs_only_its_networks_and_folders_and_the_rest_resumes_into_the_same_suite(first_run, tmp_path):
     two_seeds = replace(TINY, groups=(replace(TINY.groups[0], seeds=(0, 1), extra_seeds=0),))
     out, cache = tmp_path / "out", tmp_path / "cache"

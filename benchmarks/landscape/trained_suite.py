@@ -435,7 +435,10 @@ def analyse(net: str, group: Group, seed: int, trained: dict[str, tuple[Trained,
 
 
 def write_networks(out: Path, cache: Cache) -> None:
-    """``out/networks.json``: every cached network's accuracy and training time (the cache is outside git)."""
-    metas = {f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in sorted(cache.root.glob("*/*.json"))}
+    """``out/networks.json``: every cached network's accuracy and training time (the cache is outside git),
+    added to the entries already there, so a new cache (another machine) never drops a network recorded before."""
+    path = Path(out) / "networks.json"
+    metas = json.loads(path.read_text()) if path.is_file() else {}
+    metas.update({f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in cache.root.glob("*/*.json")})
     if metas:
-        write_record(out, "networks", metas)
+        write_record(out, "networks", dict(sorted(metas.items())))
