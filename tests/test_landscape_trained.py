@@ -274,7 +274,7 @@ def test_a_training_stopped_part_way_resumes_from_its_last_epoch_with_the_same_w
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
-def test_a_train_only_process_analyses_nothing_and_waits_for_a_training_another_process_holds(first_run, tmp_path):
+def test_a_train_only_process_trains_what_no_other_process_holds_then_waits_for_the_rest(first_run, tmp_path):
     out, cache_dir = tmp_path / "out", tmp_path / "cache"
     held = trained_suite.jobs_for(TINY.groups[0], "cnn", 0, TINY)["main"]
     logged, done = [], {}
@@ -282,11 +282,12 @@ def test_a_train_only_process_analyses_nothing_and_waits_for_a_training_another_
         TINY, out, cache_dir, nets=["cnn"], train_only=True, log=logged.append)))
     with trained_suite.Cache(cache_dir, TINY).training_lock(held):  # another process is training cnn-seed0
         worker.start()
-        for _ in range(1200):
-            if logged or not worker.is_alive():
+        for _ in range(6000):
+            if any(line.startswith("waiting") for line in logged) or not worker.is_alive():
                 break
             time.sleep(0.05)
-        assert logged == ["waiting for another process training digits/cnn-seed0"]
+        assert logged[-1] == "waiting for another process training digits/cnn-seed0"
+        assert "trained digits/cnn-seed0-bs128" in logged[-2]  # the twin no one held, trained meanwhile
         for path in trained_suite.Cache(first_run[0] / "cache", TINY).paths(held):  # ... and writes it
             shutil.copy(path, cache_dir / "digits" / path.name)
     worker.join(300)

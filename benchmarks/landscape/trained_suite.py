@@ -229,18 +229,22 @@ class Cache:
         return self.paths(job)[0].with_suffix(".progress.safetensors")
 
     @contextmanager
-    def training_lock(self, job: Job, log=print) -> Iterator[None]:
+    def training_lock(self, job: Job, log=print, wait: bool = True) -> Iterator[bool]:
         """Hold ``<job>.lock`` (an advisory ``flock``, released when its process ends, however it ends) while
-        ``job`` trains: a process reaching a job another process is training waits for it, then loads it."""
+        ``job`` trains: a process reaching a job another process is training waits for it, then loads it; with
+        ``wait=False`` it does not wait and gets ``False`` (``True`` when it holds the lock)."""
         path = self.paths(job)[0].with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as held:
             try:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 log(f"waiting for another process training {job.dataset}/{job.name(self.scale)}")
                 fcntl.flock(held, fcntl.LOCK_EX)
-            yield
+            yield True
 
     def train_key(self, job: Job) -> dict:
         """What a cached network (and a training's progress) must match: its settings and layout."""
@@ -354,13 +358,13 @@ def run_suite(scale: TrainedScale, out: Path, cache_dir: Path, *, data_dirs: dic
                     dataset = dataset.padded(group.spec.image_size)
                 spec = dataset.spec
                 jobs = jobs_for(group, net, seed, scale)
-                for job in jobs.values():
-                    if cache.has(job):
+                for wait, job in [(wait, job) for wait in (False, True) for job in jobs.values()]:
+                    if cache.has(job):  # first the jobs no other process is training, then wait for the rest
                         continue
                     if over_budget(f"training {group.dataset}/{job.name(scale)}"):
                         return done
-                    with cache.training_lock(job, log):
-                        if cache.has(job):  # trained by another process meanwhile
+                    with cache.training_lock(job, log, wait=wait) as held:
+                        if not held or cache.has(job):  # another process is training it, or has trained it
                             continue
                         meta = cache.train(job, dataset, log)
                     done["trained"].append(f"{group.dataset}/{job.name(scale)}")
