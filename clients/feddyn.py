@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from clients.base import ClientAlgorithm, ClientRound, ClientState
 from fedsign.config import RunConfig

@@ -355,9 +355,11 @@ class VectorizedGrid:
         inputs = [j.term_inputs for j in jobs]
         term, ratios = None, [None] * len(jobs)
         if algorithm.has_term:
-            def term(p, f, x, y, client_in, shared):
+            def algorithm_term(p, f, x, y, client_in, shared):
                 return algorithm.loss_term(model=model, params=p, features=f, x=x, y=y, inputs=client_in,
                                            global_params=shared, config=config)
+
+            term = algorithm_term
 
             transform = make_batch_transform(DATASETS[config.dataset], train=True)
             ratios = [term_grad_ratio(model, j.images, j.labels, settings, seed=j.seed, transform=transform,
