@@ -129,6 +129,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere ``platform.processor()``)."""
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def read_marker(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The run marker of ``out_dir`` (None when it has none or it is not a FedSign marker)."""
     try:
@@ -293,10 +302,12 @@ class RunResults:
 
     def write_environment(self, device: torch.device) -> None:
         """Versions (CUDA and cuDNN: those torch was built with, None on a CPU build), device (and
-        the GPU's name), and torch's thread count of this process: CPU results are bitwise
-        reproducible for one config and seed only at the same thread count (float reduction order)."""
+        the GPU's name), torch's thread count of this process and the CPU kernels torch dispatches to
+        (``cpu_capability``, e.g. AVX2 or AVX512): CPU results are bitwise reproducible for one config and
+        seed only at the same thread count and kernel level (float reduction order)."""
         environment = {"python": platform.python_version(), "torch": torch.__version__, "flwr": version("flwr"),
                        "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
                        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
         if device.type == "cuda":
             environment["gpu"] = torch.cuda.get_device_name(device)

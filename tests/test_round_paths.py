@@ -151,8 +151,10 @@ def test_evaluation_batch_size_does_not_change_the_accuracy():
 
 # ------------------------------------------------------ pinned preset cell
 # Round 3 and 4 of cpu-converged's cells (num-rounds=4, eval-every=2, Fashion-MNIST, seed 0, alpha 0.5) as the code
-# before the faster round gave them (commit 4c149dc, one torch thread): train loss bit for bit, accuracy equal,
-# test loss within float rounding (evaluation batches went from 1024 to 128 images).
+# before the faster round gave them (commit 4c149dc, one torch thread). Bit for bit only on the CPU they were pinned on:
+# a later machine's Xeon (torch kernels at AVX512, environment.json's cpu_capability) gives the same code's train
+# losses up to 1e-7 apart (relative) and test losses up to 1.1e-6, so the losses hold to 1e-5 (a change of the
+# arithmetic — sampling, order, a term — moves them far more) and accuracy to one test image.
 PINNED = {
     "fedavg": (2.254626232308797, 2.167611801374209, 0.2256, 2.2466116943359373),
     "fedsign": (-45.084635326743786, -45.17629259549655, 0.2292, 2.243878759765625),
@@ -170,5 +172,6 @@ def test_pinned_cpu_converged_cell_reproduces(tmp_path, strategy):
     run_inprocess(RunConfig.from_overrides(overrides).resolved(), progress=False)
     rows = read_metrics(tmp_path / "cell")
     loss3, loss4, accuracy, test_loss = PINNED[strategy]
-    assert (rows[2]["train_loss"], rows[3]["train_loss"], rows[3]["accuracy"]) == (loss3, loss4, accuracy)
-    assert rows[3]["loss"] == pytest.approx(test_loss, rel=1e-6)
+    losses = (rows[2]["train_loss"], rows[3]["train_loss"], rows[3]["loss"])
+    assert losses == pytest.approx((loss3, loss4, test_loss), rel=1e-5)
+    assert rows[3]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
