@@ -53,6 +53,7 @@ def test_first_run_trains_caches_and_analyses_at_the_requested_scale(first_run):
     assert networks["digits/resnet20-seed0"]["settings"]["lr_schedule"] == "cosine"
     assert all(m["channels_last"] for m in networks.values())  # trained (and evaluated) in channels_last
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in networks.values())
+    assert {m["cpu_capability"] for m in networks.values()} == {torch.backends.cpu.get_cpu_capability()}
     numbers = json.loads((root / "landscape" / "trained" / "digits-seed0" / "numbers.json").read_text())
     assert numbers["data"]["test"] == "60 seeded test images"  # test_samples
     assert numbers["data"]["recal"] == "40 seeded training images"  # recal_samples

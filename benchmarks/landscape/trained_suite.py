@@ -288,7 +288,8 @@ class Cache:
                 "epochs": job.settings.epochs, "settings": asdict(job.settings), "train_samples": len(dataset.train_x),
                 "image_size": spec.image_size, "init": self.scale.init, "channels_last": self.scale.channels_last,
                 "test_accuracy": acc, "test_loss": loss, "test_images": len(dataset.test_x),
-                "train_seconds": earlier + t.seconds, "torch_threads": torch.get_num_threads()}
+                "train_seconds": earlier + t.seconds, "torch_threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         meta_path.write_text(to_json(meta) + "\n")
         progress_path.unlink(missing_ok=True)
         return meta
