@@ -33,6 +33,7 @@ class ClientRound:
     config: RunConfig
     model: nn.Module  # the run's model holding the received global model (trained in place)
     global_params: dict[str, Tensor]  # the received trainable parameters (read-only: in-process, the server's tensors)
+    global_state: dict[str, Tensor]  # the whole received floating-point state, buffers too (read-only likewise)
     state: ClientState  # this client's persisted state (updated in place by ``finish``)
     partition_id: int
     server_round: int
@@ -73,5 +74,6 @@ class ClientAlgorithm:
             global_params=ctx.global_params, config=ctx.config)
 
     def finish(self, ctx: ClientRound) -> dict[str, float]:
-        """Update ``ctx.state`` in place after local training; return extra reply metrics."""
+        """Update ``ctx.state`` in place after local training; return extra reply metrics. The state may hold
+        the trained model's own tensors (detached): the platform copies them, or the model gives them up."""
         return {}

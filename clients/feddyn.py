@@ -40,8 +40,8 @@ def dyn_term(
 def updated_grad_state(
     local: Mapping[str, Tensor], global_: Mapping[str, Tensor], grad_state: Mapping[str, Tensor], alpha: float
 ) -> dict[str, Tensor]:
-    """g_k - alpha (theta_k - theta^{t-1}), per tensor."""
-    return {k: grad_state[k] - alpha * (local[k].detach() - g) for k, g in global_.items()}
+    """g_k - alpha (theta_k - theta^{t-1}), per tensor (new tensors)."""
+    return {k: torch.sub(local[k].detach(), g).mul_(alpha).neg_().add_(grad_state[k]) for k, g in global_.items()}
 
 
 def client_alpha(alpha: float, num_examples: int, mean_num_examples: float, adaptive: bool) -> float:

@@ -102,7 +102,7 @@ class MOONClient(ClientAlgorithm):
     def term_inputs(self, ctx: ClientRound) -> dict[str, Any]:
         """The received global model and this client's previous model, parameters and buffers, and
         the term's weight: 0 in a client's first round under ``moon-first-previous='none'``, else 1."""
-        global_model = float_state(ctx.model)
+        global_model = ctx.global_state
         stored = ctx.state.get(STATE_KEY)
         previous_model = self.first_previous(ctx, global_model) if stored is None else {
             k: v.to(device=global_model[k].device, dtype=global_model[k].dtype) for k, v in stored.items()
@@ -118,5 +118,5 @@ class MOONClient(ClientAlgorithm):
         return inputs["weight"] * config.moon_mu * loss
 
     def finish(self, ctx: ClientRound) -> dict[str, float]:
-        ctx.state[STATE_KEY] = float_state(ctx.model)
+        ctx.state[STATE_KEY] = {k: v.detach() for k, v in ctx.model.state_dict().items() if v.is_floating_point()}
         return {}

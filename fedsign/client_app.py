@@ -29,7 +29,7 @@ from fedsign.config import RunConfig
 from fedsign.data import DATASETS, make_batch_transform
 from fedsign.faults import corrupt_reply, fail_before_training, fault_for
 from fedsign.results import atomic_write
-from fedsign.models import float_state
+from fedsign.models import float_state, hand_over_float_state
 from fedsign.task import CLIENT_MODELS, client_data, initial_model, load_tensors, mean_partition_size
 from fedsign.tensors import DeviceRecordDict, pack, to_array_record, unpack
 from fedsign.training import TrainSettings, TrainStats, derive_seed, resolve_device, train_local
@@ -93,12 +93,13 @@ def load_state(context: Context, state_key: str = "") -> ClientState:
     return state
 
 
-def save_state(context: Context, state: ClientState, state_key: str = "") -> None:
-    """Keep ``state`` where ``load_state`` finds it (the file is replaced atomically)."""
+def save_state(context: Context, state: ClientState, state_key: str = "", copy: bool = True) -> None:
+    """Keep ``state`` where ``load_state`` finds it (the file is replaced atomically). In ``context.state``'s
+    device tensors: copies, unless ``copy`` is False (no tensor of ``state`` is written again)."""
     path = state_file(context, state_key or f"run-{context.run_id}")
     if path is None and isinstance(context.state, DeviceRecordDict):
-        context.state.tensors.update({name: {k: v.detach().clone() for k, v in tensors.items()}
-                                      for name, tensors in state.items()})  # copies: no alias of the model
+        context.state.tensors.update({name: {k: v.detach().clone() if copy else v.detach() for k, v in tensors.items()}
+                                      for name, tensors in state.items()})
         return
     if path is None:
         for name, tensors in state.items():
@@ -202,6 +203,7 @@ def begin_training(msg: Message, context: Context, model: nn.Module | None = Non
         images, labels = client_data(config, pid, device)
         ctx = ClientRound(
             config=config, model=model, global_params={k: received[k] for k, _ in model.named_parameters()},
+            global_state=received,
             state=load_state(context, state_key), partition_id=pid, server_round=server_round,
             num_examples=len(images), mean_num_examples=mean_partition_size(config),
             fresh_model=lambda seed: initial_model(config, seed),
@@ -221,11 +223,13 @@ def finish_training(job: LocalTraining, stats: TrainStats) -> Message:
     """Update the client state and reply with the trained model and its metrics, in the form the
     global model came in (by reference within the process, an ArrayRecord across processes)."""
     extra = job.algorithm.finish(job.round)
-    save_state(job.context, job.round.state, job.state_key)
+    # a pooled model is loaded before every use: it gives its trained tensors up to the reply (and to a state
+    # that holds them) without a copy; nothing writes them again
+    tensors = hand_over_float_state(job.model) if job.owns_model else float_state(job.model)
+    save_state(job.context, job.round.state, job.state_key, copy=not job.owns_model)
     metrics = {"num-examples": stats.num_examples, "train_loss": stats.train_loss, "ce_loss": stats.ce_loss, **extra}
     if stats.term_grad_ratio is not None:  # the median over the round's clients goes to metrics.csv
         metrics["term_grad_ratio"] = stats.term_grad_ratio
-    tensors = float_state(job.model)
     if job.fault:
         tensors = corrupt_reply(job.fault, tensors)
     content = pack({"metrics": MetricRecord(metrics)}, "arrays", tensors,

@@ -84,10 +84,12 @@ class FedDyn(FedAvg):
                 result[key] = mean
                 continue
             previous = self.sent_arrays[key].double()
-            drift = sum(m[key].double() - previous for m in models)
+            drift, difference = torch.zeros_like(previous), torch.empty_like(previous)
+            for model in models:  # sum of (theta_k - previous) in float64, in reply order, one buffer
+                drift.add_(difference.copy_(model[key]).sub_(previous))
             h = self.h[key].to(previous.device) if key in self.h else torch.zeros_like(previous)
-            self.h[key] = h - (self.alpha / self.num_clients) * drift
-            result[key] = (mean.double() - self.h[key] / self.alpha).float()
+            self.h[key] = h - drift.mul_(self.alpha / self.num_clients)
+            result[key] = mean.double().sub_(self.h[key] / self.alpha).float()
         return result
 
     def state_dict(self) -> dict[str, Any]:

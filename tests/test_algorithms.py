@@ -20,7 +20,7 @@ from clients.moon import STATE_KEY as MOON_STATE, moon_contrastive_loss
 from fedsign.algorithms import ALGORITHMS
 from fedsign.config import ConfigError, RunConfig
 from fedsign.engines import InProcessGrid
-from fedsign.models import build_model
+from fedsign.models import build_model, float_state
 from fedsign.server import make_strategy
 from fedsign.task import build_run_model
 from fedsign.tensors import unpack
@@ -58,7 +58,8 @@ def sigmoid_prime(t: torch.Tensor) -> torch.Tensor:
 def client_round(model: nn.Module, received: dict, state: dict, config: RunConfig, *, num_examples: int = 10,
                  mean_num_examples: float = 10.0, fresh_model=None, partition_id: int = 0) -> ClientRound:
     """The ClientRound the client app would build for this model and state."""
-    return ClientRound(config=config, model=model, global_params=received, state=state, partition_id=partition_id,
+    return ClientRound(config=config, model=model, global_params=received, global_state=float_state(model),
+                       state=state, partition_id=partition_id,
                        server_round=1, num_examples=num_examples, mean_num_examples=mean_num_examples,
                        fresh_model=fresh_model or (lambda seed: None))
 
@@ -292,7 +293,7 @@ def test_moon_second_round_contrasts_against_the_clients_own_first_round_model()
         model(x)  # and updated its BN statistics
     client.finish(client_round(model, received_params(), state, config))
     local_1 = copy.deepcopy(model)
-    stored = state[MOON_STATE]
+    stored = {k: v.clone() for k, v in state[MOON_STATE].items()}  # as save_state copies it
     assert all(torch.equal(stored[k], v) for k, v in local_1.state_dict().items() if v.is_floating_point())
 
     # Round 2: a new global model arrives (e.g. the average of other clients' models).

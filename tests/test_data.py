@@ -273,6 +273,8 @@ def test_eval_transform_is_plain_normalization():
                                make_batch_transform(DATASETS["mnist"], False)(gray, None))
     with pytest.raises(ValueError, match="expects uint8"):
         make_batch_transform(spec, train=False)(x.float(), None)
+    assert make_batch_transform(spec, train=False) is make_batch_transform(spec, False)  # built once, not per client
+    assert make_batch_transform(spec, train=True) is not make_batch_transform(spec, train=False)
 
 
 def _match_crop(out, img, pad=4):

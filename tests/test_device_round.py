@@ -12,7 +12,7 @@ from fedsign.config import RunConfig
 from fedsign.engines import InProcessGrid, VectorizedInProcessGrid
 from fedsign.results import load_model_state, read_metrics
 from fedsign.server import make_strategy, run_server
-from fedsign.models import float_state
+from fedsign.models import float_state, hand_over_float_state
 from fedsign.task import CLIENT_MODELS, ClientModels, build_run_model
 from fedsign.tensors import DeviceRecordDict, finite_flags, pack, to_array_record, unpack
 from clients import make_client_algorithm
@@ -39,6 +39,25 @@ def test_pack_and_unpack_give_the_same_tensors_by_reference_and_as_an_array_reco
         assert list(got) == ["w", "b"] and all(torch.equal(got[k], tensors[k]) for k in tensors)
         assert unpack(content, "other", "cpu") is None
     assert finite_flags([tensors, {"w": torch.tensor([1.0, float("inf")])}, {}]) == [True, False, True]
+
+
+def test_a_pooled_model_hands_its_trained_tensors_over_and_gets_fresh_ones():
+    model = build_model("resnet20", num_classes=3, in_channels=1, image_size=8)
+    model.classifier.weight_alias = model.classifier.weight  # a tensor under two names is handed over once
+    expected = float_state(model)
+    owned = {k: v.data_ptr() for k, v in model.state_dict().items() if v.is_floating_point()}
+    handed = hand_over_float_state(model)
+    assert list(handed) == list(expected) and all(torch.equal(handed[k], expected[k]) for k in expected)
+    assert all(handed[k].data_ptr() == owned[k] for k in owned)  # no copy
+    assert handed["classifier.weight"] is handed["classifier.weight_alias"]
+    current = dict(model.state_dict())
+    assert all(current[k].data_ptr() != owned[k] for k in owned)  # the model holds new tensors
+    assert model.classifier.weight_alias is model.classifier.weight and isinstance(model.classifier.weight,
+                                                                                  torch.nn.Parameter)
+    with torch.no_grad():  # the next client loads and trains it: the handed-over values stay
+        for p in model.parameters():
+            p.fill_(7.0)
+    assert all(torch.equal(handed[k], expected[k]) for k in expected)
 
 
 def test_client_models_are_reused_with_reset_buffers_and_built_again_only_when_all_are_busy():

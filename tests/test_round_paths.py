@@ -102,6 +102,25 @@ def test_a_run_from_another_thread_gives_the_same_model(tmp_path, strategy):
     assert all(torch.equal(in_place[k], result[k]) for k in in_place)
 
 
+def test_a_queued_client_call_runs_once_unless_withdrawn_before_it_starts():
+    from fedsign.engines.inprocess import ClientCall, ClientThread
+
+    runs = []
+    started, withdrawn = ClientCall(lambda: runs.append("a")), ClientCall(lambda: runs.append("b"))
+    assert started.start() and not started.withdraw() and not started.start()
+    assert withdrawn.withdraw() and not withdrawn.start()
+    thread = ClientThread()
+    gate = threading.Event()
+    blocking = thread.submit(gate.wait)
+    queued = [thread.submit(lambda i=i: runs.append(i)) for i in range(3)]
+    assert queued[1].withdraw()  # still queued behind the blocking call
+    gate.set()
+    thread.retire()
+    thread.thread.join(5)
+    assert blocking.done.is_set() and queued[0].done.is_set() and queued[2].done.is_set()
+    assert not queued[1].done.is_set() and runs == [0, 2]
+
+
 def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind(tmp_path, monkeypatch):
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # warm-up: the timeout is for training
     import fedsign.engines.inprocess as inprocess
@@ -111,14 +130,16 @@ def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind
     monkeypatch.setattr(inprocess.ClientThread, "__init__", lambda self: (started.append(1), original(self))[1])
     config = RunConfig.from_overrides(merge_overrides(SMALL, "num-rounds=3 round-timeout=2 fail-partitions='2:hang@1' "
                                                       f"engine='inprocess' out-dir='{tmp_path / 'run'}'")).resolved()
-    before = threading.active_count()
     results = run_inprocess(config, progress=False)
     assert [(r["num_replies"], r["num_failures"]) for r in results.rows] == [(3, 1), (4, 0), (4, 0)]
     assert len(started) == 2  # 3 rounds x 4 clients on one thread, one more after the hang
+    def client_threads():  # (not a thread count: tqdm starts its monitor thread with the first bar of the process)
+        return [t for t in threading.enumerate() if t.name == "fedsign-client"]
+
     deadline = time.monotonic() + 10
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while client_threads() and time.monotonic() < deadline:
         time.sleep(0.1)  # the late call sleeps round-timeout + 1 s, then its thread ends
-    assert threading.active_count() == before
+    assert not client_threads()
 
 
 # ----------------------------------------------------------- screening

@@ -1,6 +1,7 @@
 """Batch transforms: uint8 [B,C,H,W] -> normalized float32, with vectorized train-time augmentation."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -51,7 +52,14 @@ def make_batch_transform(spec: DatasetSpec, train: bool) -> BatchTransform:
     """fn(x_uint8 [B,C,H,W] on any device, generator) -> float32 normalized on the same device.
 
     With ``train`` and ``spec.augment``: random crop (pad 4) plus, where ``spec.hflip``, horizontal flip,
-    seeded by ``generator``. Otherwise deterministic (the generator is ignored)."""
+    seeded by ``generator``. Otherwise deterministic (the generator is ignored). Built once per
+    ``(spec, train)`` (every client of a round asks for the same one); the function keeps no state but
+    its per-device constants."""
+    return _batch_transform(spec, bool(train))
+
+
+@lru_cache(maxsize=32)
+def _batch_transform(spec: DatasetSpec, train: bool) -> BatchTransform:
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
     scale, shift = 1.0 / (255.0 * std), mean / std

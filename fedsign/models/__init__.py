@@ -5,7 +5,8 @@ Every model: ``forward(x, return_features=False)`` -> logits or ``(logits, featu
 optional ``model.projection`` (MOON head); every activation is its own ``nn.ReLU()``.
 """
 
-from .common import BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, float_state, initialize
+from .common import (BN_WEIGHT_INITS, INITS, FedSignNet, ModelConfigError, float_state, hand_over_float_state,
+                     initialize)
 from .registry import DEFAULT_INIT, MODEL_NAMES, build_model, check_model_input, resolve_init
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "build_model",
     "check_model_input",
     "float_state",
+    "hand_over_float_state",
     "initialize",
     "resolve_init",
 ]

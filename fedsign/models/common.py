@@ -34,6 +34,20 @@ def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
+def hand_over_float_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``float_state`` without the copy: the model's floating-point state tensors themselves (detached),
+    while the model gets fresh, uninitialized tensors of the same shapes in their place. For a model that
+    is loaded before every use (a pooled client model): the values it hands over are never written again."""
+    state, handed = {}, {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if v.is_floating_point():
+            if id(v) not in handed:  # a tensor listed under two names (tied weights) is handed over once
+                handed[id(v)] = v.detach()
+                v.data = torch.empty_like(v)
+            state[k] = handed[id(v)]
+    return state
+
+
 def check_bn_weight_init(bn_weight_init: str) -> None:
     if bn_weight_init not in BN_WEIGHT_INITS:
         raise ModelConfigError(
