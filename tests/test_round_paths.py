@@ -130,16 +130,17 @@ def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind
     monkeypatch.setattr(inprocess.ClientThread, "__init__", lambda self: (started.append(1), original(self))[1])
     config = RunConfig.from_overrides(merge_overrides(SMALL, "num-rounds=3 round-timeout=2 fail-partitions='2:hang@1' "
                                                       f"engine='inprocess' out-dir='{tmp_path / 'run'}'")).resolved()
+    def client_threads():  # (not a thread count: tqdm starts its monitor thread with the first bar of the process)
+        return {t for t in threading.enumerate() if t.name == "fedsign-client"}
+
+    before = client_threads()  # other tests' grids may have left theirs
     results = run_inprocess(config, progress=False)
     assert [(r["num_replies"], r["num_failures"]) for r in results.rows] == [(3, 1), (4, 0), (4, 0)]
     assert len(started) == 2  # 3 rounds x 4 clients on one thread, one more after the hang
-    def client_threads():  # (not a thread count: tqdm starts its monitor thread with the first bar of the process)
-        return [t for t in threading.enumerate() if t.name == "fedsign-client"]
-
     deadline = time.monotonic() + 10
-    while client_threads() and time.monotonic() < deadline:
+    while client_threads() - before and time.monotonic() < deadline:
         time.sleep(0.1)  # the late call sleeps round-timeout + 1 s, then its thread ends
-    assert not client_threads()
+    assert not client_threads() - before
 
 
 # ----------------------------------------------------------- screening
