@@ -16,7 +16,8 @@ its round: round seconds minus the time inside the round's ``train_local`` calls
 without the evaluated last one).
 Writes ``speed_mnist.csv`` / ``speed_mnist.md``. ``--only cpu-converged`` / ``--only cpu-full``: the same
 figures for that Table-1 preset's cell round (α 0.5, seed 0) with FedAvg, FedSign, MOON and FedDyn
-(``speed_cpu_converged.*`` / ``speed_cpu_full.*``).
+(``speed_cpu_converged.*`` / ``speed_cpu_full.*``), and a last row ``fedavg, plain loop``: FedAvg's
+arithmetic in a plain loop without the platform (``plain_fedavg``), the floor of the overhead.
 
 Then landscape points per second: one valley line (NS-normalized G(0,1) noise on ALL
 parameters, ``--points`` coefficients) on the dataset's test split, evaluated by
@@ -43,6 +44,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -66,7 +68,8 @@ from fedsign.results import read_metrics  # noqa: E402
 from fedsign.data import loaded_dataset  # noqa: E402
 from fedsign.models import float_state  # noqa: E402
 from fedsign.task import build_run_model, client_data, load_tensors  # noqa: E402
-from fedsign.training import TrainSettings, derive_seed, resolve_device, train_local  # noqa: E402
+from fedsign.client_app import train_settings  # noqa: E402
+from fedsign.training import derive_seed, resolve_device, train_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -83,8 +86,7 @@ def raw_round_seconds(config: RunConfig) -> float:
     model = build_run_model(config).to(device)
     start_arrays = float_state(model)
     transform = make_batch_transform(DATASETS[config.dataset], train=True)
-    settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum,
-                             config.weight_decay, config.grad_clip)
+    settings = train_settings(config)
     data = [client_data(config, pid, device) for pid in range(config.num_clients)]
     times = []
     for server_round in range(1, config.num_rounds + 1):
@@ -96,6 +98,41 @@ def raw_round_seconds(config: RunConfig) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:] or times)
+
+
+def plain_fedavg(config: RunConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Unweighted FedAvg without the platform: per round the clients the server's seeded sampling picks, each
+    a ``train_local`` call in a plain loop after loading the global model, its client data and seed, and a copy
+    of the trained model after it; then the mean (the stack the platform's mean needs). No messages, screening,
+    state, metrics or threads: its overhead is the floor for this arithmetic. Returns the row (the keys of
+    ``overhead_rows``' rows) and the final global model, which is the platform's (``weighted=false``) bit for bit."""
+    device = resolve_device(config.device)
+    model = build_run_model(config).to(device)
+    arrays = float_state(model)
+    transform = make_batch_transform(DATASETS[config.dataset], train=True)
+    settings = train_settings(config)
+    sampler = random.Random(config.seed)
+    rounds, train, images = [], [], 0
+    for server_round in range(1, config.num_rounds + 1):
+        start, training, replies = time.perf_counter(), 0.0, []
+        for pid in sorted(sampler.sample(range(config.num_clients), config.clients_per_round)):  # the mean's order
+            load_tensors(model, arrays)
+            x, y = client_data(config, pid, device)
+            t0 = time.perf_counter()
+            train_local(model, x, y, settings, seed=derive_seed(config.seed, server_round, pid), transform=transform)
+            training += time.perf_counter() - t0
+            images += len(x) * settings.epochs
+            replies.append(float_state(model))
+        arrays = {k: torch.stack([r[k] for r in replies]).mean(0) for k in arrays}
+        rounds.append(time.perf_counter() - start)
+        train.append(training)
+    measured = range(1, len(rounds)) if len(rounds) > 1 else range(len(rounds))
+    round_s = statistics.median(rounds[i] for i in measured)
+    overhead = statistics.median(rounds[i] - train[i] for i in measured)
+    return {"engine": "fedavg, plain loop", "round_s": round_s,
+            "train_s": statistics.median(train[i] for i in measured), "overhead_s": overhead,
+            "overhead_fraction": overhead / round_s, "train_images_per_s": images / sum(train),
+            "eval_images_per_s": None}, arrays
 
 
 def engine_round_seconds(out_dir: Path) -> float:
@@ -299,7 +336,10 @@ def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
             f"clients, {c.clients_per_round} per round, E = {c.local_epochs}, B = {c.batch_size}), "
             f"alpha {c.dirichlet_alpha:g}, in-process engine")
     methods = ("fedavg", "fedsign", "moon", "feddyn")
-    return overhead_rows(overrides, [(name, f"strategy='{name}'") for name in methods]), note
+    rows = overhead_rows(overrides, [(name, f"strategy='{name}'") for name in methods])
+    rows.append(plain_fedavg(RunConfig.from_overrides(f"{overrides} strategy='fedavg'").resolved())[0])
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    return rows, note
 
 
 def _rate(value: float | None) -> str:

@@ -243,3 +243,20 @@ def test_the_command_aggregates_a_partial_sweep_and_names_what_is_missing(tmp_pa
     assert "| digits | 0.5 | FedSign | 0 of 4 | tuning at fedsign-gamma = 0.001, 0.01, 0.1 (seed 0); seed 1 at the " \
            "value selected on validation once tuning is done |" in markdown
     assert "- digits, α = 0.5: FedSign against FedAvg: not finished yet." in markdown
+
+
+def test_speed_plain_loop_is_the_platforms_unweighted_fedavg_bit_for_bit(tmp_path):
+    """benchmarks/speed.py's overhead floor runs the platform's arithmetic: same clients, seeds, steps and mean."""
+    import speed
+    import torch
+    from fedsign.engines import run_inprocess
+    from fedsign.results import load_model_state
+
+    config = RunConfig.from_overrides(
+        "strategy='fedavg' dataset='digits' num-clients=8 clients-per-round=3 num-rounds=3 local-epochs=1 "
+        f"weighted=false seed=4 out-dir='{tmp_path / 'run'}'").resolved()
+    run_inprocess(config, progress=False)
+    platform = load_model_state(tmp_path / "run" / "model.safetensors")
+    row, plain = speed.plain_fedavg(config)
+    assert sorted(plain) == sorted(platform) and all(torch.equal(plain[k], platform[k]) for k in platform)
+    assert row["engine"] == "fedavg, plain loop" and 0 < row["overhead_s"] < row["round_s"]
