@@ -12,9 +12,10 @@ Calls run one after another on one long-lived client thread (``ClientThread``; n
 message). A round's calls are queued on it at once, so it goes from one client to the next without
 waiting for the grid; the grid waits for each in turn, with the timeout. A call still running after
 it is left to finish on that thread, which then ends; the calls queued behind it move to a new client
-thread, and the late node handles its next message only when the previous one ends. (A long-lived
-worker thread also trains a conv net ~15 % faster than the main thread here: glibc gives it its own
-malloc arena.)
+thread, and the late node handles its next message only when the previous one ends. (Which thread
+trains faster with 2+ OpenMP threads depends on the machine: a worker thread was ~28 % faster on one
+2-core CPU and is ~25 % slower on another, where the server's and the client thread's OpenMP teams
+together outnumber the cores; benchmarks/README.md, "Side by side with FL-bench".)
 """
 
 from __future__ import annotations
