@@ -80,6 +80,11 @@ def base_overrides(num_clients: int, rounds: int, extra: str) -> str:
             f"eval-every={rounds} seed=0 {extra}")
 
 
+def print_row(row: dict) -> None:
+    """One result row on stdout, floats to 3 decimals, as it is measured."""
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+
 def raw_round_seconds(config: RunConfig) -> float:
     """Median seconds per round (first round excluded) of the clients' local steps in a plain loop."""
     device = resolve_device(config.device)
@@ -206,7 +211,7 @@ def landscape_rows(config: RunConfig, points: int, chunk: int) -> list[dict]:
             rows.append({"model": model_name, "bn": bn, "mode": mode, "points": ev.points,
                          "test_samples": len(eval_data.x), "seconds": ev.seconds,
                          "points_per_s": ev.points_per_second, "vectorized": ev.vectorized})
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+            print_row(rows[-1])
     return rows
 
 
@@ -248,7 +253,7 @@ def engine_rows(args: argparse.Namespace) -> list[dict]:
                 rows.append({"clients": n, "engine": "ray", "round_s": ray, "overhead_s": ray - raw,
                              "clients_per_s": n / ray, "wall_s": wall, "peak_rss_mb": rss})
             for row in rows[-4 if not args.skip_ray else -3:]:
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+                print_row(row)
     return rows
 
 
@@ -311,7 +316,7 @@ def overhead_rows(overrides: str, runs: list[tuple[str, str]]) -> list[dict]:
                          "overhead_fraction": overhead / round_s,
                          "train_images_per_s": images["train"] / sum(durations) if images["train"] else None,
                          "eval_images_per_s": images["eval"] / images["eval_s"] if images["eval_s"] else None})
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+            print_row(rows[-1])
     return rows
 
 
@@ -338,7 +343,7 @@ def preset_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
     methods = ("fedavg", "fedsign", "moon", "feddyn")
     rows = overhead_rows(overrides, [(name, f"strategy='{name}'") for name in methods])
     rows.append(plain_fedavg(RunConfig.from_overrides(f"{overrides} strategy='fedavg'").resolved())[0])
-    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    print_row(rows[-1])
     return rows, note
 
 

@@ -118,5 +118,5 @@ class MOONClient(ClientAlgorithm):
         return inputs["weight"] * config.moon_mu * loss
 
     def finish(self, ctx: ClientRound) -> dict[str, float]:
-        ctx.state[STATE_KEY] = {k: v.detach() for k, v in ctx.model.state_dict().items() if v.is_floating_point()}
+        ctx.state[STATE_KEY] = {k: v for k, v in ctx.model.state_dict().items() if v.is_floating_point()}
         return {}

@@ -154,8 +154,10 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        first, then, nodes = [], [], set()  # a node whose earlier call still runs, or a second message
-        for msg in messages:                # to a node, waits for that call: after the others
+        # one batch of calls; a message to a node whose earlier call still runs, or a second message to a
+        # node, waits for that call: after the batch
+        first, then, nodes = [], [], set()
+        for msg in messages:
             assign_message_id(msg)
             node_id = msg.metadata.dst_node_id
             (then if node_id in self._busy or node_id in nodes else first).append(msg)
