@@ -3,6 +3,7 @@
 and a pinned Table-1 preset cell that must reproduce the numbers the code gave before the round was made faster."""
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -119,6 +120,30 @@ def test_a_queued_client_call_runs_once_unless_withdrawn_before_it_starts():
     thread.thread.join(5)
     assert blocking.done.is_set() and queued[0].done.is_set() and queued[2].done.is_set()
     assert not queued[1].done.is_set() and runs == [0, 2]
+
+
+OPENMP_TEAM = """
+import os, torch
+from fedsign.engines.inprocess import release_openmp_threads
+torch.set_num_threads(2)
+tasks = lambda: len(os.listdir("/proc/self/task"))
+before = tasks()
+x = torch.arange(2_000_000, dtype=torch.float32)
+total = (x * 2).sum()  # parallel regions: this thread's OpenMP team starts its second thread
+with_team = tasks()
+release_openmp_threads()
+released = tasks()
+assert torch.equal((x * 2).sum(), total)  # a new team, the same result
+print(before, with_team, released, tasks())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or "libgomp" not in Path("/proc/self/maps").read_text(),
+                    reason="torch runs on libgomp here only on Linux builds that load it")
+def test_a_thread_gives_back_its_openmp_team_when_it_waits():
+    out = subprocess.run([sys.executable, "-c", OPENMP_TEAM], capture_output=True, text=True, check=True).stdout
+    before, with_team, released, again = map(int, out.split())
+    assert (with_team, released, again) == (before + 1, before, before + 1)
 
 
 def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind(tmp_path, monkeypatch):

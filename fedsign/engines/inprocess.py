@@ -20,11 +20,14 @@ together outnumber the cores; benchmarks/README.md, "Side by side with FL-bench"
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import queue
 import threading
 import traceback
 from collections.abc import Callable
 from collections.abc import Iterable
+from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -48,6 +51,31 @@ def error_reply(msg: Message, err: Exception) -> Message:
     """The reply Flower's simulation engine gives when a ClientApp raises."""
     reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+@functools.cache
+def _openmp_pauses() -> tuple[Callable[[int], int], ...]:
+    """``omp_pause_resource_all`` of each libgomp this process has loaded (torch's on Linux); none elsewhere."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return ()
+    paths = sorted({fields[5] for fields in (line.split(maxsplit=5) for line in maps.splitlines())
+                    if len(fields) == 6 and Path(fields[5]).name.startswith("libgomp")})
+    pauses = []
+    for path in paths:
+        pause = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)  # OpenMP 5.0, GCC 9+
+        if pause is not None:
+            pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+            pauses.append(pause)
+    return tuple(pauses)
+
+
+def release_openmp_threads() -> None:
+    """End the calling thread's OpenMP team (libgomp), so that only threads doing torch work own one; its
+    next parallel region starts a new team. Results do not change: the thread count stays what it was."""
+    for pause in _openmp_pauses():
+        pause(1)  # omp_pause_soft
 
 
 class ClientCall:
@@ -85,7 +113,11 @@ class ClientThread:
         self.thread.start()
 
     def _loop(self) -> None:
-        while (call := self._calls.get()) is not None:
+        while True:
+            if self._calls.empty():  # idle until the next call
+                release_openmp_threads()
+            if (call := self._calls.get()) is None:
+                break
             if call.start():
                 try:
                     call.fn()
@@ -181,6 +213,7 @@ class InProcessGrid(Grid):
         """Run the nodes' ClientApp on ``messages`` (at most one per node); keep each reply that ends in
         time: the calls are queued at once and each gets the timeout from when the one before it ended."""
         calls: list[tuple[Message, list[Message], ClientCall]] = []
+        release_openmp_threads()  # this thread waits while the client thread trains
         for msg in messages:
             node_id = msg.metadata.dst_node_id
             context = self.contexts.get(node_id)
