@@ -260,3 +260,14 @@ def test_speed_plain_loop_is_the_platforms_unweighted_fedavg_bit_for_bit(tmp_pat
     row, plain = speed.plain_fedavg(config)
     assert sorted(plain) == sorted(platform) and all(torch.equal(plain[k], platform[k]) for k in platform)
     assert row["engine"] == "fedavg, plain loop" and 0 < row["overhead_s"] < row["round_s"]
+
+
+def test_openmp_teams_dry_run_measures_every_arrangement(tmp_path):
+    """benchmarks/openmp_teams.py runs each thread arrangement in its own process and writes the table."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "openmp_teams.py"), "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report_path = Path(out.stdout.strip().splitlines()[-1].removeprefix("wrote "))
+    rows = [line.split(" | ") for line in report_path.read_text().splitlines()[2:5]]
+    assert [r[0].lstrip("| ") for r in rows] == ["main", "client thread", "client thread, teams given back"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)

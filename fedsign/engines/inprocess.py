@@ -12,10 +12,13 @@ Calls run one after another on one long-lived client thread (``ClientThread``; n
 message). A round's calls are queued on it at once, so it goes from one client to the next without
 waiting for the grid; the grid waits for each in turn, with the timeout. A call still running after
 it is left to finish on that thread, which then ends; the calls queued behind it move to a new client
-thread, and the late node handles its next message only when the previous one ends. (Which thread
-trains faster with 2+ OpenMP threads depends on the machine: a worker thread was ~28 % faster on one
-2-core CPU and is ~25 % slower on another, where the server's and the client thread's OpenMP teams
-together outnumber the cores; benchmarks/README.md, "Side by side with FL-bench".)
+thread, and the late node handles its next message only when the previous one ends.
+
+Only the thread doing torch work owns an OpenMP team (``release_openmp_threads``): the server gives its team
+back before it queues the clients' calls, the client thread before it signals its last queued call done.
+With 2+ torch threads libgomp keeps a team for every thread that ran a parallel region, and once the teams
+together outnumber the cores it spins only briefly before sleeping, so every parallel region pays a wake-up
+(training ~25 % slower on a 2-core CPU; benchmarks/README.md, "Side by side with FL-bench").
 """
 
 from __future__ import annotations
@@ -113,15 +116,13 @@ class ClientThread:
         self.thread.start()
 
     def _loop(self) -> None:
-        while True:
-            if self._calls.empty():  # idle until the next call
-                release_openmp_threads()
-            if (call := self._calls.get()) is None:
-                break
+        while (call := self._calls.get()) is not None:
             if call.start():
                 try:
                     call.fn()
                 finally:
+                    if self._calls.empty():  # idle next: no OpenMP team left by the time the grid goes on
+                        release_openmp_threads()
                     call.done.set()
 
     def submit(self, fn: Callable[[], None]) -> ClientCall:
