@@ -146,6 +146,21 @@ def test_a_thread_gives_back_its_openmp_team_when_it_waits():
     assert (with_team, released, again) == (before + 1, before, before + 1)
 
 
+def test_an_unloadable_libgomp_mapping_is_skipped(monkeypatch):
+    """A mapped libgomp that cannot be opened again (deleted since) gives no pause; it never reaches the threads."""
+    import fedsign.engines.inprocess as inprocess
+
+    line = "7f00-7f10 r-xp 00000000 08:01 1 /nonexistent/libgomp-0123.so.1 (deleted)"
+    monkeypatch.setattr(inprocess.Path, "read_text", lambda self: line)
+    inprocess._openmp_pauses.cache_clear()
+    try:
+        assert inprocess._openmp_pauses() == ()
+        inprocess.release_openmp_threads()
+    finally:
+        monkeypatch.undo()
+        inprocess._openmp_pauses.cache_clear()
+
+
 def test_clients_share_one_client_thread_and_a_hanging_one_leaves_nothing_behind(tmp_path, monkeypatch):
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # warm-up: the timeout is for training
     import fedsign.engines.inprocess as inprocess

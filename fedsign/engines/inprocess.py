@@ -67,7 +67,10 @@ def _openmp_pauses() -> tuple[Callable[[int], int], ...]:
                     if len(fields) == 6 and Path(fields[5]).name.startswith("libgomp")})
     pauses = []
     for path in paths:
-        pause = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)  # OpenMP 5.0, GCC 9+
+        try:
+            pause = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)  # OpenMP 5.0, GCC 9+
+        except OSError:  # e.g. a mapping whose file was deleted or replaced since
+            continue
         if pause is not None:
             pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
             pauses.append(pause)
@@ -121,9 +124,11 @@ class ClientThread:
                 try:
                     call.fn()
                 finally:
-                    if self._calls.empty():  # idle next: no OpenMP team left by the time the grid goes on
-                        release_openmp_threads()
-                    call.done.set()
+                    try:
+                        if self._calls.empty():  # idle next: no OpenMP team left by the time the grid goes on
+                            release_openmp_threads()
+                    finally:
+                        call.done.set()
 
     def submit(self, fn: Callable[[], None]) -> ClientCall:
         """Queue ``fn``; the returned call says when it has run."""
