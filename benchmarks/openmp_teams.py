@@ -1,13 +1,13 @@
 """Training speed by thread arrangement with 2+ torch threads: why the in-process engine gives back OpenMP teams.
 
 Each arrangement runs in a fresh process (OpenMP teams live as long as their thread): rounds of a plain PyTorch
-loop (McMahan et al.'s CNN on random 28x28 images, SGD) alternating with a forward-only evaluation, as the
+loop (``fedavg_cnn``, McMahan et al.'s CNN, on random 28x28 images, SGD) alternating with a forward-only evaluation, as the
 in-process engine alternates client training and the server's test:
 
 - ``main``: training and evaluation on the main thread (one OpenMP team);
-- ``client thread``: training on a second thread, evaluation on the main thread (two teams, as before 26a7ddb);
-- ``client thread, teams given back``: the same, each thread calling ``release_openmp_threads`` before it waits,
-  where the engine calls it (one team at a time).
+- ``client thread``: training on the engine's ``ClientThread``, evaluation on the main thread, with
+  ``release_openmp_threads`` made a no-op (two teams, the engine before 26a7ddb);
+- ``client thread, teams given back``: the same with the engine's release (one team at a time).
 
     .venv/bin/python benchmarks/openmp_teams.py [--threads 2] [--rounds 6] [--batches 100]
     .venv/bin/python benchmarks/openmp_teams.py --dry-run      # 2 rounds of 2 batches, report under /tmp
@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,23 +32,24 @@ ARRANGEMENTS = {"main": "main", "client": "client thread", "released": "client t
 
 
 def measure(arrangement: str, threads: int, rounds: int, batches: int) -> dict:
-    """Mean training and evaluation seconds per round (after the first) of ``arrangement`` in this process."""
+    """Mean training and evaluation seconds per round (after the first) of ``arrangement`` in this process,
+    the client side on the engine's own ``ClientThread``."""
     import torch
     from torch import nn
 
-    from fedsign.engines.inprocess import release_openmp_threads
+    import fedsign.engines.inprocess as inprocess
+    from fedsign.models import build_model
 
     torch.set_num_threads(threads)
-    release = arrangement == "released"
+    if arrangement == "client":  # the engine before 26a7ddb: no thread gives its team back
+        inprocess.release_openmp_threads = lambda: None
     generator = torch.Generator().manual_seed(0)
     images, labels = torch.randn(64 * batches, 1, 28, 28, generator=generator), torch.randint(0, 10, (64 * batches,))
     test_images = torch.randn(50 * batches, 1, 28, 28, generator=generator)
 
     def model() -> nn.Module:
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 10))
+        return build_model("fedavg_cnn", 10, 1, 28, init="pytorch")
 
     def train() -> float:
         net = model()
@@ -70,31 +69,20 @@ def measure(arrangement: str, threads: int, rounds: int, batches: int) -> dict:
                 net(test_images[i:i + 500])
         return time.perf_counter() - start
 
-    calls: queue.SimpleQueue = queue.SimpleQueue()
-    results: queue.SimpleQueue = queue.SimpleQueue()
-
-    def client_loop() -> None:
-        while (fn := calls.get()) is not None:
-            seconds = fn()
-            if release and calls.empty():  # before the main thread goes on, as ClientThread does
-                release_openmp_threads()
-            results.put(seconds)
-
-    worker = threading.Thread(target=client_loop, daemon=True)
-    worker.start()
+    client = inprocess.ClientThread()
 
     def on_client_thread(fn) -> float:
-        if release:
-            release_openmp_threads()
-        calls.put(fn)
-        return results.get()
+        inprocess.release_openmp_threads()  # as InProcessGrid._deliver, before it queues the calls
+        seconds: list[float] = []
+        client.submit(lambda: seconds.append(fn())).done.wait()
+        return seconds[0]
 
     train_s, eval_s = [], []
     for _ in range(rounds):
         train_s.append(train() if arrangement == "main" else on_client_thread(train))
         eval_s.append(evaluate())
-    calls.put(None)
-    worker.join()
+    client.retire()
+    client.thread.join()
     kept = slice(1, None) if rounds > 1 else slice(None)
     return {"arrangement": ARRANGEMENTS[arrangement], "train_s": sum(train_s[kept]) / len(train_s[kept]),
             "eval_s": sum(eval_s[kept]) / len(eval_s[kept]), "torch_threads": torch.get_num_threads()}

@@ -138,12 +138,31 @@ print(before, with_team, released, tasks())
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists() or "libgomp" not in Path("/proc/self/maps").read_text(),
-                    reason="torch runs on libgomp here only on Linux builds that load it")
+def _openmp_pauses():
+    from fedsign.engines.inprocess import _openmp_pauses as pauses
+
+    return pauses()
+
+
+@pytest.mark.skipif(not _openmp_pauses(), reason="this torch does not run on libgomp (not Linux, or another OpenMP "
+                    "runtime): there is no team to give back and release_openmp_threads does nothing")
 def test_a_thread_gives_back_its_openmp_team_when_it_waits():
     out = subprocess.run([sys.executable, "-c", OPENMP_TEAM], capture_output=True, text=True, check=True).stdout
     before, with_team, released, again = map(int, out.split())
     assert (with_team, released, again) == (before + 1, before, before + 1)
+
+
+def test_the_server_and_the_client_thread_give_back_their_teams_before_they_wait(tmp_path, monkeypatch):
+    import fedsign.engines.inprocess as inprocess
+
+    callers = []
+    monkeypatch.setattr(inprocess, "release_openmp_threads", lambda: callers.append(threading.current_thread().name))
+    config = RunConfig.from_overrides(f"{SMALL} engine='inprocess' out-dir='{tmp_path / 'run'}'").resolved()
+    run_inprocess(config, progress=False)
+    server = threading.current_thread().name
+    # per round: the server before it queues the calls, the client thread after the last one (plus the node query)
+    assert callers.count(server) == config.num_rounds + 1
+    assert callers.count("fedsign-client") == config.num_rounds + 1
 
 
 def test_an_unloadable_libgomp_mapping_is_skipped(monkeypatch):
